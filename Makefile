@@ -1,0 +1,32 @@
+# Set-up and everyday commands. `make demo` and `make test` do all the set-up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test up system-deps clean
+
+$(BIN)/quantum: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# bubblewrap isolates generated code; without it the sandbox falls back to unshare + rlimits.
+system-deps:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq bubblewrap; \
+	  else echo "bubblewrap not found: install it for the strongest sandbox"; fi; }
+
+demo: $(BIN)/quantum system-deps
+	$(BIN)/quantum demo --auto-approve
+
+up: $(BIN)/quantum system-deps
+	$(BIN)/quantum up
+
+test: $(BIN)/quantum system-deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .quantum .pytest_cache

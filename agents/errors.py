@@ -1,0 +1,35 @@
+"""Domain failures raised by activities, as Temporal ``ApplicationError`` types.
+
+The tree of ``type`` names (``non_retryable`` ones end the stage at once; the rest are retried by the activity's
+retry policy)::
+
+    QuantumError
+    ├── InvalidRequest        (non-retryable) the request cannot be carried out as written
+    ├── UnsafeArtifact        (non-retryable) a generated path or file breaks the workspace rules
+    ├── NoPatternMatch        (non-retryable) the offline provider has no pattern for the request
+    ├── ToolFailure           (retryable)     a scanner, pytest or a server did not run to completion
+    ├── ProvisionFailure      (retryable)     a resource could not be created
+    ├── DeploymentFailure     (retryable)     the release process did not start or answer
+    └── PolicyViolation       (non-retryable) tests failed, coverage too low, a gate was refused
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from temporalio.exceptions import ApplicationError
+
+INVALID_REQUEST = "InvalidRequest"
+UNSAFE_ARTIFACT = "UnsafeArtifact"
+NO_PATTERN_MATCH = "NoPatternMatch"
+TOOL_FAILURE = "ToolFailure"
+PROVISION_FAILURE = "ProvisionFailure"
+DEPLOYMENT_FAILURE = "DeploymentFailure"
+POLICY_VIOLATION = "PolicyViolation"
+
+NON_RETRYABLE_TYPES = (INVALID_REQUEST, UNSAFE_ARTIFACT, NO_PATTERN_MATCH, POLICY_VIOLATION)
+
+
+def failure(kind: str, message: str, *details: Any) -> ApplicationError:
+    """Build the ``ApplicationError`` for ``kind``, non-retryable when the tree above says so."""
+    return ApplicationError(message, *details, type=kind, non_retryable=kind in NON_RETRYABLE_TYPES)

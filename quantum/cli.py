@@ -1,0 +1,380 @@
+"""The ``quantum`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import logging
+import os
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.live import Live
+from rich.prompt import Confirm, Prompt
+from rich.table import Table
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.service import RPCError, RPCStatusCode
+
+from events.models import PipelineRequest, ReviewDecision
+from quantum.app import running, wait_for_stop_signal
+from quantum.client import connect
+from quantum.metrics import MetricsError
+from quantum.requests import EXAMPLES, RequestError, describe_validation_error, load_model
+from quantum.settings import Settings
+from quantum.stack import StackError
+from quantum.views import result_panel, runs_table, status_panel
+from workflows.models import RunStatusView
+
+T = TypeVar("T")
+
+app = typer.Typer(help="Quantum Suite: a DevSecOps saga orchestrator on Temporal and NATS.", no_args_is_help=True)
+pipeline_app = typer.Typer(help="Request, follow, list and cancel pipeline runs.", no_args_is_help=True)
+app.add_typer(pipeline_app, name="pipeline")
+
+console = Console()
+err_console = Console(stderr=True)
+
+PIPELINE_WORKFLOW = "DevSecOpsPipelineWorkflow"
+TERMINAL = {"succeeded", "failed", "rejected", "timed_out", "cancelled"}
+EXAMPLE_REQUEST = EXAMPLES / "pipeline.json"
+
+
+class CliError(Exception):
+    """A failure to report in one line, without a traceback."""
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def run(coro: Awaitable[T]) -> T:
+    """Run ``coro``, turning the product's expected failures into a clear message and exit code 1."""
+    try:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    except (CliError, StackError, MetricsError) as err:
+        fail(str(err))
+
+
+async def client_for(settings: Settings) -> Client:
+    try:
+        return await connect(settings)
+    except RuntimeError as err:
+        raise CliError(
+            f"Temporal at {settings.temporal_address} does not answer ({err}); start the stack with `quantum up` "
+            "or set QUANTUM_TEMPORAL_ADDRESS"
+        ) from None
+
+
+async def fetch_status(handle: WorkflowHandle[Any, Any]) -> RunStatusView:
+    try:
+        return await handle.query("status", result_type=RunStatusView)
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise CliError(f"no run with id {handle.id!r}") from None
+        raise
+
+
+async def start_pipeline(client: Client, settings: Settings, request: PipelineRequest) -> WorkflowHandle[Any, Any]:
+    workflow_id = f"pipeline-{uuid.uuid4()}"
+    return await client.start_workflow(
+        PIPELINE_WORKFLOW,
+        request,
+        id=workflow_id,
+        task_queue=settings.task_queue,
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+    )
+
+
+GateHandler = Callable[[WorkflowHandle[Any, Any], RunStatusView], Awaitable[None]]
+
+
+async def follow(handle: WorkflowHandle[Any, Any], *, on_gate: GateHandler | None = None) -> RunStatusView:
+    """Show a live stage table until the run ends; ``on_gate`` is called once for each gate that opens."""
+    handled: set[str] = set()
+    view = await fetch_status(handle)
+    with Live(status_panel(view), console=console, refresh_per_second=4, transient=False) as live:
+        while view.status not in TERMINAL:
+            if view.pending_gate and on_gate and view.pending_gate not in handled:
+                handled.add(view.pending_gate)
+                live.stop()
+                await on_gate(handle, view)
+                live.start()
+            await asyncio.sleep(0.25)
+            view = await fetch_status(handle)
+            live.update(status_panel(view))
+    return view
+
+
+def auto_approver(request: PipelineRequest) -> GateHandler:
+    """Approve each gate with as many of the policy's reviewers as its quorum needs."""
+
+    async def approve(handle: WorkflowHandle[Any, Any], view: RunStatusView) -> None:
+        gate = view.pending_gate or ""
+        reviewers = request.approval_policy.reviewers or ["auto-approver"]
+        for reviewer in reviewers[: request.approval_policy.approvals_for(gate)]:
+            console.print(f"[yellow]gate '{gate}'[/]: approved automatically as {reviewer}")
+            await handle.signal("review", ReviewDecision(gate=gate, reviewer=reviewer, approved=True, comment="--auto-approve"))
+
+    return approve
+
+
+def person_at_the_gate(request: PipelineRequest) -> GateHandler:
+    """Ask the person at the terminal to approve or reject each gate."""
+
+    async def ask(handle: WorkflowHandle[Any, Any], view: RunStatusView) -> None:
+        gate = view.pending_gate or ""
+        reason = view.outputs.get(f"{gate}_gate_reason", "")
+        console.print(f"\n[bold yellow]Gate '{gate}' waits for a review[/] ({reason})")
+        reviewers = request.approval_policy.reviewers
+        needed = request.approval_policy.approvals_for(gate)
+        for index in range(needed):
+            default = reviewers[index] if index < len(reviewers) else None
+            reviewer = Prompt.ask("reviewer", default=default, console=console)
+            approved = Confirm.ask(f"approve gate '{gate}'?", console=console)
+            comment = Prompt.ask("comment", default="", console=console)
+            await handle.signal("review", ReviewDecision(gate=gate, reviewer=reviewer, approved=approved, comment=comment))
+            if not approved:
+                break
+
+    return ask
+
+
+# --- commands ------------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def up() -> None:
+    """Start the embedded stack (Temporal, NATS) where nothing answers, the worker and metrics; Ctrl-C stops all."""
+    settings = Settings()
+
+    async def serve() -> None:
+        async with running(settings, say=lambda line: console.print(f"[dim]{line}[/]")) as live:
+            table = Table(title="Quantum Suite is up", title_justify="left", show_header=False)
+            table.add_column(style="bold")
+            table.add_column()
+            table.add_row("Temporal", f"{live.stack.temporal_address} (namespace {settings.temporal_namespace})")
+            if live.stack.temporal_ui_url:
+                table.add_row("Temporal UI", live.stack.temporal_ui_url)
+            table.add_row("NATS", live.stack.nats_url)
+            table.add_row("metrics", live.metrics_url or "off")
+            table.add_row("task queue", settings.task_queue)
+            table.add_row("started here", ", ".join(live.stack.started) or "nothing (using what was running)")
+            table.add_row("data", str(settings.data_path))
+            console.print(table)
+            console.print("Press Ctrl-C to stop.")
+            await wait_for_stop_signal()
+            console.print("stopping…")
+
+    run(serve())
+
+
+@app.command()
+def demo(
+    auto_approve: Annotated[bool, typer.Option("--auto-approve", help="Approve every gate without asking.")] = False,
+    request_file: Annotated[Path, typer.Option("--request", help="The request to run.")] = EXAMPLE_REQUEST,
+) -> None:
+    """Run the example pipeline end to end on the embedded stack, with a live stage table."""
+    settings = Settings()
+    request = load_request(request_file)
+    if not auto_approve and not sys.stdin.isatty():
+        fail("no terminal to ask at the gates; pass --auto-approve", 2)
+
+    async def go() -> RunStatusView:
+        async with running(settings, with_metrics=False, say=lambda line: console.print(f"[dim]{line}[/]")) as live:
+            handle = await start_pipeline(live.client, settings, request)
+            console.print(f"requested [bold]{handle.id}[/] for project {request.project} ({request.environment})")
+            on_gate = auto_approver(request) if auto_approve else person_at_the_gate(request)
+            view = await follow(handle, on_gate=on_gate)
+            console.print(result_panel(view, live.stack.temporal_ui_url, settings.temporal_namespace))
+            if "deployment_url" in view.outputs and view.status == "succeeded":
+                console.print(f"The release answered at {view.outputs['deployment_url']}; it stops when the demo ends.")
+            return view
+
+    view = run(go())
+    if view.status != "succeeded":
+        raise typer.Exit(1)
+
+
+@pipeline_app.command("request")
+def pipeline_request(
+    file: Annotated[Path | None, typer.Argument(help="A request file (JSON or YAML).")] = None,
+    prompt: Annotated[str | None, typer.Option(help="What to build, instead of a file.")] = None,
+    project: Annotated[str, typer.Option(help="Project name (with --prompt).")] = "quantum-app",
+    requested_by: Annotated[str | None, typer.Option(help="Who asks (default: your user name).")] = None,
+    environment: Annotated[str, typer.Option(help="dev, staging or prod (with --prompt).")] = "dev",
+    wait: Annotated[bool, typer.Option("--follow/--no-follow", help="Follow the run with a live table.")] = True,
+) -> None:
+    """Request a pipeline run from a file or a prompt."""
+    if (file is None) == (prompt is None):
+        fail("give either a request FILE or --prompt, not both or neither", 2)
+    if file is not None:
+        request = load_request(file)
+    else:
+        try:
+            request = PipelineRequest(
+                project=project, prompt=prompt, requested_by=requested_by or getpass.getuser(), environment=environment
+            )
+        except ValidationError as err:
+            fail(f"the request is not valid:\n{describe_validation_error(err)}")
+    settings = Settings()
+
+    async def go() -> RunStatusView | None:
+        client = await client_for(settings)
+        handle = await start_pipeline(client, settings, request)
+        console.print(f"requested [bold]{handle.id}[/]")
+        if not wait:
+            return None
+        console.print(f"review gates with: quantum review {handle.id} --gate GATE --approve --reviewer NAME")
+        return await follow(handle)
+
+    view = run(go())
+    if view is not None:
+        console.print(result_panel(view, settings.temporal_ui_url, settings.temporal_namespace))
+        if view.status != "succeeded":
+            raise typer.Exit(1)
+
+
+def load_request(file: Path) -> PipelineRequest:
+    try:
+        request: PipelineRequest = load_model(file, PipelineRequest)
+    except RequestError as err:
+        fail(str(err))
+    return request
+
+
+@pipeline_app.command("status")
+def pipeline_status(
+    pipeline_id: Annotated[str, typer.Argument(help="The workflow id, e.g. pipeline-<event id>.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status query's JSON.")] = False,
+) -> None:
+    """Show a run's stages, gates, compensations and reviews."""
+    settings = Settings()
+
+    async def go() -> RunStatusView:
+        client = await client_for(settings)
+        return await fetch_status(client.get_workflow_handle(pipeline_id))
+
+    view = run(go())
+    if as_json:
+        console.print_json(view.model_dump_json())
+    else:
+        console.print(result_panel(view, settings.temporal_ui_url, settings.temporal_namespace))
+
+
+@pipeline_app.command("list")
+def pipeline_list(limit: Annotated[int, typer.Option(help="How many runs to show.")] = 20) -> None:
+    """List recent runs of every workflow type."""
+    settings = Settings()
+
+    async def go() -> list[tuple[str, str, str, str]]:
+        client = await client_for(settings)
+        rows = []
+        async for wf in client.list_workflows(limit=limit):
+            state = wf.status.name.lower() if wf.status else "unknown"
+            rows.append((wf.id, wf.workflow_type, state, wf.start_time.strftime("%Y-%m-%d %H:%M:%S")))
+        return rows
+
+    console.print(runs_table(run(go())))
+
+
+@pipeline_app.command("cancel")
+def pipeline_cancel(pipeline_id: Annotated[str, typer.Argument(help="The workflow id.")]) -> None:
+    """Cancel a run: its compensations run and it ends ``cancelled``."""
+    settings = Settings()
+
+    async def go() -> RunStatusView:
+        client = await client_for(settings)
+        handle = client.get_workflow_handle(pipeline_id)
+        desc = await _describe(handle)
+        if desc != WorkflowExecutionStatus.RUNNING:
+            raise CliError(f"{pipeline_id} is not running ({desc.name.lower() if desc else 'unknown'})")
+        await handle.cancel()
+        console.print(f"cancellation of {pipeline_id} requested; compensating…")
+        return await follow(handle)
+
+    view = run(go())
+    console.print(result_panel(view, settings.temporal_ui_url, settings.temporal_namespace))
+
+
+async def _describe(handle: WorkflowHandle[Any, Any]) -> WorkflowExecutionStatus | None:
+    try:
+        return (await handle.describe()).status
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise CliError(f"no run with id {handle.id!r}") from None
+        raise
+
+
+@app.command()
+def review(
+    pipeline_id: Annotated[str, typer.Argument(help="The workflow id.")],
+    gate: Annotated[str, typer.Option(help="security, infra or deploy.")],
+    reviewer: Annotated[str, typer.Option(help="Your name, as the approval policy lists it.")],
+    approve: Annotated[bool | None, typer.Option("--approve/--reject", help="Your decision.")] = None,
+    comment: Annotated[str, typer.Option(help="Why.")] = "",
+) -> None:
+    """Approve or reject a gate; says whether the run accepted the review, and why not."""
+    if approve is None:
+        fail("say --approve or --reject", 2)
+    settings = Settings()
+    decision = ReviewDecision(gate=gate, reviewer=reviewer, approved=approve, comment=comment)
+
+    async def go() -> tuple[bool, str]:
+        client = await client_for(settings)
+        handle = client.get_workflow_handle(pipeline_id)
+        before = len((await fetch_status(handle)).audit)
+        await handle.signal("review", decision)
+        for _ in range(100):
+            view = await fetch_status(handle)
+            if len(view.audit) > before:
+                entry = view.audit[before]
+                return entry.accepted, entry.reason
+            await asyncio.sleep(0.1)
+        raise CliError("the review was sent but the run has not recorded it yet; check `quantum pipeline status`")
+
+    accepted, reason = run(go())
+    if accepted:
+        console.print(f"[green]accepted[/]: {'approved' if approve else 'rejected'} gate '{gate}' of {pipeline_id}")
+    else:
+        err_console.print(f"[bold red]refused[/]: {reason}")
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """Console entry point; leaves without interpreter teardown (temporalio/sdk-python#300)."""
+    logging.basicConfig(level=os.environ.get("QUANTUM_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    code = 0
+    try:
+        result = app(standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except typer.Exit as exit_:
+        code = exit_.exit_code
+    except typer.Abort:
+        err_console.print("aborted")
+        code = 130
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    except Exception as err:  # click usage errors and the like
+        from click.exceptions import ClickException
+
+        if isinstance(err, ClickException):
+            err.show()
+            code = err.exit_code
+        else:
+            raise
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+"""Connecting to Temporal with the product's data converter."""
+
+from __future__ import annotations
+
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from quantum.settings import Settings
+
+
+async def connect(settings: Settings, *, address: str | None = None) -> Client:
+    """Connect to the Temporal frontend named by the settings (or ``address``), JSON payloads via pydantic."""
+    api_key = settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None
+    return await Client.connect(
+        address or settings.temporal_address,
+        namespace=settings.temporal_namespace,
+        data_converter=pydantic_data_converter,
+        tls=settings.temporal_tls or bool(api_key),
+        api_key=api_key,
+    )

@@ -1,0 +1,90 @@
+"""Settings: one pydantic-settings class, read from ``QUANTUM_*`` environment variables and a ``.env`` file."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+TASK_QUEUE = "quantum-workflows"
+"""The one task queue every workflow and activity of the product is registered on (a contract)."""
+
+DEFAULT_TEMPORAL_ADDRESS = "localhost:7233"
+DEFAULT_NATS_URL = "nats://localhost:4222"
+DEFAULT_METRICS_PORT = 9464
+
+
+class Settings(BaseSettings):
+    """Everything the application reads from its environment.
+
+    Only the application layer (``quantum/``) reads these; agents, the bridge and the publisher receive what they
+    need in their constructors.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="QUANTUM_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    data_dir: Path = Field(default=Path("./.quantum"), description="Where the embedded stack keeps its state.")
+
+    temporal_address: str = DEFAULT_TEMPORAL_ADDRESS
+    temporal_namespace: str = "default"
+    temporal_api_key: SecretStr | None = None
+    temporal_tls: bool = False
+    temporal_ui_port: int | None = Field(default=None, description="Web UI port; default gRPC port + 1000.")
+    task_queue: str = TASK_QUEUE
+
+    nats_url: str = DEFAULT_NATS_URL
+
+    qdrant_url: str = ""
+    qdrant_api_key: SecretStr | None = None
+
+    llm_base_url: str = ""
+    llm_model: str = ""
+    llm_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("QUANTUM_LLM_API_KEY", "OPENAI_API_KEY")
+    )
+
+    metrics_port: int = DEFAULT_METRICS_PORT
+
+    test_timeout_seconds: float = Field(default=180.0, gt=0, description="Wall-clock limit of one test run.")
+    deploy_host: str = "127.0.0.1"
+
+    @cached_property
+    def data_path(self) -> Path:
+        """The data directory as an absolute path, created on first use."""
+        path = self.data_dir.expanduser().resolve()
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def temporal_host_port(self) -> tuple[str, int]:
+        return split_host_port(self.temporal_address, default_port=7233)
+
+    @property
+    def nats_host_port(self) -> tuple[str, int]:
+        parsed = urlparse(self.nats_url.split(",")[0].strip())
+        return parsed.hostname or "localhost", parsed.port or 4222
+
+    @property
+    def temporal_ui_url(self) -> str:
+        host, port = self.temporal_host_port
+        return f"http://{host}:{self.temporal_ui_port or port + 1000}"
+
+
+def split_host_port(address: str, *, default_port: int) -> tuple[str, int]:
+    """Split ``host:port`` (or a bare host) into its parts."""
+    host, sep, port = address.rpartition(":")
+    if not sep:
+        return address, default_port
+    if not port.isdigit():
+        raise ValueError(f"address {address!r} has no numeric port")
+    return host.strip("[]") or "localhost", int(port)
+
+
+def is_local_host(host: str) -> bool:
+    """Whether ``host`` names this machine, so the embedded stack may start a server there."""
+    return host in {"localhost", "127.0.0.1", "::1", "0.0.0.0", ""} or host.startswith("127.")

@@ -1,0 +1,100 @@
+"""The worker assembly: build every agent with its clients, gather their activities, register the workflows."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from agents.codegen import CodegenAgent, PatternLibrary
+from agents.deploy import DeployAgent
+from agents.infra import InfraAgent
+from agents.sandbox import Sandbox
+from agents.security import SecurityAgent
+from agents.sre import SREAgent
+from agents.testgen import TestgenAgent
+from agents.workspace import Workspaces
+from quantum.settings import Settings
+from workflows import WORKFLOWS
+
+
+@dataclass
+class Agents:
+    """Every agent of the product, built once per worker process."""
+
+    codegen: CodegenAgent
+    testgen: TestgenAgent
+    security: SecurityAgent
+    infra: InfraAgent
+    deploy: DeployAgent
+    sre: SREAgent
+    extra: list[Callable[..., Any]] = field(default_factory=list)
+
+    def activities(self) -> list[Callable[..., Any]]:
+        gathered = [
+            *self.codegen.activities(),
+            *self.testgen.activities(),
+            *self.security.activities(),
+            *self.infra.activities(),
+            *self.deploy.activities(),
+            *self.sre.activities(),
+            *self.extra,
+        ]
+        return check_unique(gathered)
+
+    def close(self) -> None:
+        """Stop what the agents keep running in this process (the embedded stack's deployments)."""
+        self.deploy.stop_all()
+
+
+def build_agents(settings: Settings, *, nats_url: str | None = None) -> Agents:
+    """Build every agent with the clients and places the settings name."""
+    data = settings.data_path
+    workspaces = Workspaces(data / "workspaces")
+    patterns = PatternLibrary()
+    return Agents(
+        codegen=CodegenAgent(workspaces, patterns),
+        testgen=TestgenAgent(workspaces, patterns, Sandbox()),
+        security=SecurityAgent(workspaces),
+        infra=InfraAgent(data / "infra", nats_url or settings.nats_url),
+        deploy=DeployAgent(workspaces, data / "deployments", host=settings.deploy_host),
+        sre=SREAgent(data / "monitoring"),
+    )
+
+
+def check_unique(activities: Sequence[Callable[..., Any]]) -> list[Callable[..., Any]]:
+    """Refuse two activities registered under one name: namespaced names make a collision a loud error."""
+    names = Counter(activity_name(fn) for fn in activities)
+    clashes = sorted(name for name, count in names.items() if count > 1)
+    if clashes:
+        raise ValueError(f"activity names registered twice: {', '.join(clashes)}")
+    return list(activities)
+
+
+def activity_name(fn: Callable[..., Any]) -> str:
+    defn = activity._Definition.from_callable(fn)  # noqa: SLF001 - the SDK's own record of the name
+    if defn is None or defn.name is None:
+        raise ValueError(f"{fn!r} is not an activity")
+    return defn.name
+
+
+def new_worker(
+    client: Client,
+    activities: Sequence[Callable[..., Any]],
+    *,
+    task_queue: str,
+    **options: Any,
+) -> Worker:
+    """A worker for the three workflows and ``activities`` on ``task_queue``."""
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=list(WORKFLOWS),
+        activities=list(activities),
+        **options,
+    )

@@ -1,0 +1,57 @@
+"""Recorded histories of real runs replay against today's workflow code.
+
+A change that would break runs in flight (a reordered activity, a removed signal, a new command in the middle)
+raises ``NondeterminismError`` here. To record new histories after an intended, versioned change::
+
+    QUANTUM_RECORD_HISTORIES=1 python -m pytest tests/workflows/test_record_histories.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from workflows import WORKFLOWS
+
+HISTORIES = Path(__file__).parent / "histories"
+FILES = sorted(HISTORIES.glob("*.json"))
+
+
+def test_histories_are_recorded() -> None:
+    names = {f.stem for f in FILES}
+    assert {"pipeline-succeeded", "pipeline-compensated", "pipeline-rejected", "pipeline-cancelled"} <= names
+
+
+@pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])
+async def test_history_replays_without_nondeterminism(path: Path) -> None:
+    history = WorkflowHistory.from_json(path.stem, json.loads(path.read_text()))
+    replayer = Replayer(workflows=list(WORKFLOWS), data_converter=pydantic_data_converter)
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
+    assert result.replay_failure is None
+
+
+async def test_a_changed_workflow_fails_replay() -> None:
+    """The check can fail: the same history against a workflow that skips a stage is rejected."""
+    import uuid
+
+    from temporalio import workflow
+
+    from events.models import PipelineRequest
+    from workflows.pipeline import DevSecOpsPipelineWorkflow
+
+    @workflow.defn(name="DevSecOpsPipelineWorkflow", sandboxed=False)
+    class Reordered(DevSecOpsPipelineWorkflow):  # type: ignore[misc]
+        @workflow.run
+        async def run(self, request: PipelineRequest) -> None:
+            await workflow.sleep(1)
+
+    path = HISTORIES / "pipeline-succeeded.json"
+    history = WorkflowHistory.from_json(str(uuid.uuid4()), json.loads(path.read_text()))
+    replayer = Replayer(workflows=[Reordered], data_converter=pydantic_data_converter)
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    assert result.replay_failure is not None

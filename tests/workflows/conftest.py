@@ -1,0 +1,94 @@
+"""Workflow tests: the real workflows and the real agents on a fresh task queue of the real dev server.
+
+A failure is injected by registering an activity under a real activity's name in its place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio import activity
+from temporalio.client import Client, WorkflowHandle
+from temporalio.exceptions import ApplicationError
+
+from events.models import PipelineRequest
+from quantum.settings import Settings
+from quantum.worker import Agents, activity_name, build_agents, new_worker
+from workflows.models import RunStatusView
+
+HTTP_PROMPT = "an HTTP JSON service with a health endpoint"
+
+
+def failing(name: str, message: str = "injected failure") -> Callable[..., Any]:
+    """An activity registered as ``name`` that always fails, non-retryably."""
+
+    @activity.defn(name=name)
+    async def fail(_: Any) -> Any:
+        raise ApplicationError(f"{message} in {name}", type="Injected", non_retryable=True)
+
+    return fail
+
+
+class Harness:
+    def __init__(self, client: Client, settings: Settings, agents: Agents) -> None:
+        self.client = client
+        self.settings = settings
+        self.agents = agents
+        self.task_queue = f"test-{uuid.uuid4()}"
+
+    @asynccontextmanager
+    async def worker(self, *replacements: Callable[..., Any]) -> AsyncIterator[None]:
+        """Run a worker with the real agents' activities, each replacement standing in for its namesake."""
+        replaced = {activity_name(fn) for fn in replacements}
+        activities = [fn for fn in self.agents.activities() if activity_name(fn) not in replaced]
+        async with new_worker(self.client, [*activities, *replacements], task_queue=self.task_queue):
+            yield
+
+    async def start(self, workflow: str, request: Any, *, prefix: str = "pipeline") -> WorkflowHandle[Any, Any]:
+        return await self.client.start_workflow(
+            workflow, request, id=f"{prefix}-{uuid.uuid4()}", task_queue=self.task_queue
+        )
+
+    async def start_pipeline(self, **fields: Any) -> WorkflowHandle[Any, Any]:
+        fields.setdefault("project", "billing-api")
+        fields.setdefault("prompt", HTTP_PROMPT)
+        fields.setdefault("requested_by", "alice")
+        return await self.start("DevSecOpsPipelineWorkflow", PipelineRequest(**fields))
+
+
+async def status(handle: WorkflowHandle[Any, Any]) -> RunStatusView:
+    return await handle.query("status", result_type=RunStatusView)
+
+
+async def wait_for(
+    handle: WorkflowHandle[Any, Any], predicate: Callable[[RunStatusView], bool], *, timeout: float = 90
+) -> RunStatusView:
+    """Poll the ``status`` query until ``predicate`` holds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        view = await status(handle)
+        if predicate(view):
+            return view
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s; last status: {view.model_dump_json()}")
+        await asyncio.sleep(0.2)
+
+
+async def wait_for_gate(handle: WorkflowHandle[Any, Any], gate: str) -> RunStatusView:
+    return await wait_for(handle, lambda v: v.pending_gate == gate)
+
+
+@pytest.fixture
+async def harness(client: Client, nats_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
+    settings = Settings(data_dir=tmp_path / "data", nats_url=nats_url, _env_file=None)  # type: ignore[call-arg]
+    agents = build_agents(settings)
+    try:
+        yield Harness(client, settings, agents)
+    finally:
+        agents.close()

@@ -1,0 +1,68 @@
+"""Records the histories that tests/replay replays. Runs only with QUANTUM_RECORD_HISTORIES=1."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import WorkflowFailureError
+
+from events.models import ReviewDecision
+
+from .conftest import Harness, failing, wait_for_gate
+
+pytestmark = pytest.mark.skipif(
+    not os.environ.get("QUANTUM_RECORD_HISTORIES"), reason="records replay histories on request only"
+)
+
+HISTORIES = Path(__file__).parent.parent / "replay" / "histories"
+
+
+async def save(handle: Any, name: str) -> None:
+    history = await handle.fetch_history()
+    HISTORIES.mkdir(parents=True, exist_ok=True)
+    (HISTORIES / f"{name}.json").write_text(json.dumps(json.loads(history.to_json()), indent=1) + "\n")
+
+
+async def test_record(harness: Harness) -> None:
+    infra = [{"kind": "directory", "name": "assets"}, {"kind": "stream", "name": "audit"}]
+    async with harness.worker():
+        handle = await harness.start_pipeline(infrastructure=infra, environment="prod")
+        await wait_for_gate(handle, "infra")
+        await handle.signal("review", ReviewDecision(gate="infra", reviewer="bob", approved=True))
+        await wait_for_gate(handle, "deploy")
+        await handle.signal("review", ReviewDecision(gate="deploy", reviewer="alice", approved=True))
+        await handle.signal("review", ReviewDecision(gate="deploy", reviewer="bob", approved=True))
+        await handle.result()
+        await save(handle, "pipeline-succeeded")
+
+        handle = await harness.start_pipeline(environment="prod")
+        await wait_for_gate(handle, "deploy")
+        await handle.signal("review", ReviewDecision(gate="deploy", reviewer="bob", approved=False))
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        await save(handle, "pipeline-rejected")
+
+        handle = await harness.start_pipeline(environment="prod", infrastructure=infra)
+        await wait_for_gate(handle, "infra")
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        await save(handle, "pipeline-cancelled")
+
+        handle = await harness.start("CodeGenerationWorkflow", {"project": "slugs", "prompt": "a slugify helper", "requested_by": "alice"}, prefix="codegen")
+        await handle.result()
+        await save(handle, "codegen-succeeded")
+
+        handle = await harness.start("InfraProvisionWorkflow", {"project": "infra-demo", "requested_by": "alice", "resources": infra}, prefix="infra")
+        await handle.result()
+        await save(handle, "infra-succeeded")
+
+    async with harness.worker(failing("deploy.verify"), failing("infra.destroy")):
+        handle = await harness.start_pipeline(infrastructure=infra)
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        await save(handle, "pipeline-compensated")

@@ -1,0 +1,69 @@
+"""The status model the ``status`` query returns, and the results the workflows end with."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+RunStatus = Literal["running", "awaiting_review", "succeeded", "failed", "rejected", "timed_out", "cancelled"]
+StageState = Literal["pending", "running", "succeeded", "failed", "skipped", "awaiting_review", "cancelled"]
+GateState = Literal["pending", "approved", "rejected", "timed_out"]
+
+PIPELINE_STAGES: tuple[str, ...] = (
+    "generate_code",
+    "generate_tests",
+    "execute_tests",
+    "security_scan",
+    "plan_infra",
+    "provision_infra",
+    "deploy_application",
+    "verify_deployment",
+    "setup_monitoring",
+)
+CODEGEN_STAGES: tuple[str, ...] = ("validate_request", "generate_code", "validate_code", "fingerprint")
+INFRA_STAGES: tuple[str, ...] = ("plan_infra", "provision_infra")
+
+
+class CompensationRecord(BaseModel):
+    step: str
+    outcome: Literal["completed", "failed"]
+    error: str | None = None
+
+
+class AuditEntry(BaseModel):
+    """A review the run received: accepted (and counted) or refused with the reason."""
+
+    gate: str
+    reviewer: str
+    approved: bool
+    comment: str = ""
+    accepted: bool
+    reason: str = ""
+
+
+class RunStatusView(BaseModel):
+    """What the ``status`` query returns (a contract: plain JSON, field names fixed)."""
+
+    pipeline_id: str
+    workflow: str
+    status: RunStatus = "running"
+    stage: str | None = None
+    pending_gate: str | None = None
+    stages: dict[str, StageState] = Field(default_factory=dict)
+    gates: dict[str, GateState] = Field(default_factory=dict)
+    approvals: dict[str, list[str]] = Field(default_factory=dict)
+    compensations: list[CompensationRecord] = Field(default_factory=list)
+    audit: list[AuditEntry] = Field(default_factory=list)
+    error: str | None = None
+    warnings: list[str] = Field(default_factory=list)
+    outputs: dict[str, str | int | float | bool | None] = Field(
+        default_factory=dict, description="Headline results: provider, coverage, findings, deployment URL..."
+    )
+
+
+class PipelineResult(BaseModel):
+    pipeline_id: str
+    status: RunStatus
+    outputs: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    warnings: list[str] = Field(default_factory=list)

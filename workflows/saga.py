@@ -1,0 +1,199 @@
+"""The saga machinery shared by every workflow: stage bookkeeping, the compensation stack and review gates.
+
+Deterministic code only: no I/O, clocks or randomness. Everything here runs inside workflow code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, FailureError
+
+with workflow.unsafe.imports_passed_through():
+    from events.models import GATES, ApprovalPolicy, ReviewDecision
+    from workflows.models import AuditEntry, CompensationRecord, GateState, RunStatus, RunStatusView
+
+T = TypeVar("T")
+
+
+class RunStopped(Exception):
+    """Raised inside a workflow to end the run: compensate, then close with ``status``."""
+
+    def __init__(self, status: RunStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def failure_message(err: BaseException) -> str:
+    """The innermost human-readable message of a Temporal failure chain."""
+    while isinstance(err, (ActivityError, ChildWorkflowError)) and err.cause is not None:
+        err = err.cause
+    if isinstance(err, ApplicationError) and err.type:
+        return f"{err.type}: {err.message}"
+    if isinstance(err, FailureError):
+        return err.message
+    return str(err) or type(err).__name__
+
+
+class Run:
+    """One workflow run's state: what the ``status`` query shows, its compensations and its gates."""
+
+    def __init__(self, view: RunStatusView, *, policy: ApprovalPolicy, requester: str) -> None:
+        self.view = view
+        self.policy = policy
+        self.requester = requester
+        self._compensations: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
+
+    # --- stages ------------------------------------------------------------------------------------------------
+
+    async def stage(self, name: str, step: Callable[[], Awaitable[T]]) -> T:
+        """Run one stage, keeping its state in the view; an activity failure stops the run as ``failed``."""
+        self.view.stage = name
+        self.view.stages[name] = "running"
+        try:
+            result = await step()
+        except asyncio.CancelledError:
+            self.view.stages[name] = "cancelled"
+            raise
+        except RunStopped:
+            self.view.stages[name] = "failed"
+            raise
+        except FailureError as err:
+            self.view.stages[name] = "failed"
+            raise RunStopped("failed", f"{name} failed: {failure_message(err)}") from err
+        self.view.stages[name] = "succeeded"
+        return result
+
+    def skip(self, name: str) -> None:
+        self.view.stages[name] = "skipped"
+
+    def fail_stage(self, name: str, message: str) -> RunStopped:
+        """Mark ``name`` failed by a policy check and return the exception that stops the run."""
+        self.view.stages[name] = "failed"
+        return RunStopped("failed", f"{name} failed: {message}")
+
+    # --- compensations -----------------------------------------------------------------------------------------
+
+    def on_failure(self, step: str, undo: Callable[[], Awaitable[Any]]) -> None:
+        """Push a compensation; it runs only if the run stops before it succeeds."""
+        self._compensations.append((step, undo))
+
+    async def compensate(self) -> None:
+        """Run every pushed compensation newest first, each awaited; a failing one is recorded and the rest run."""
+        while self._compensations:
+            step, undo = self._compensations.pop()
+            self.view.stage = step
+            try:
+                await undo()
+            except FailureError as err:
+                workflow.logger.warning("compensation %s failed: %s", step, failure_message(err))
+                self.view.compensations.append(
+                    CompensationRecord(step=step, outcome="failed", error=failure_message(err))
+                )
+            else:
+                self.view.compensations.append(CompensationRecord(step=step, outcome="completed"))
+
+    # --- gates -------------------------------------------------------------------------------------------------
+
+    def review(self, decision: ReviewDecision) -> None:
+        """Apply a ``review`` signal: count it, or refuse it with the reason in the audit trail."""
+        reason = self._refusal(decision)
+        self.view.audit.append(
+            AuditEntry(
+                gate=decision.gate,
+                reviewer=decision.reviewer,
+                approved=decision.approved,
+                comment=decision.comment,
+                accepted=reason is None,
+                reason=reason or "",
+            )
+        )
+        if reason is not None:
+            workflow.logger.info("review refused: %s", reason)
+            return
+        gate = decision.gate
+        if not decision.approved:
+            self.view.gates[gate] = "rejected"
+            return
+        self.view.approvals.setdefault(gate, []).append(decision.reviewer)
+        if len(self.view.approvals[gate]) >= self.policy.approvals_for(gate):
+            self.view.gates[gate] = "approved"
+
+    def _refusal(self, decision: ReviewDecision) -> str | None:
+        gate = decision.gate
+        if gate not in GATES:
+            return f"unknown gate {gate!r}; gates are {', '.join(GATES)}"
+        if self.view.gates.get(gate) != "pending":
+            return f"gate {gate!r} is not pending"
+        if decision.reviewer == self.requester:
+            return f"{decision.reviewer!r} requested this run and cannot review it"
+        if self.policy.reviewers and decision.reviewer not in self.policy.reviewers:
+            return f"{decision.reviewer!r} is not a reviewer allowed by the approval policy"
+        if decision.reviewer in self.view.approvals.get(gate, []):
+            return f"{decision.reviewer!r} already approved gate {gate!r}"
+        return None
+
+    async def gate(self, gate: str, stage: str, *, reason: str) -> None:
+        """Open ``gate`` before ``stage`` and wait for its decision; stop the run unless it is approved."""
+        self.view.gates[gate] = "pending"
+        self.view.approvals[gate] = []
+        self.view.pending_gate = gate
+        self.view.stage = stage
+        self.view.stages[stage] = "awaiting_review"
+        self.view.status = "awaiting_review"
+        self.view.outputs[f"{gate}_gate_reason"] = reason
+        timeout = self.policy.timeout_for(gate)
+        try:
+            await workflow.wait_condition(
+                lambda: self.view.gates[gate] != "pending", timeout=timedelta(seconds=timeout)
+            )
+        except asyncio.TimeoutError:
+            self.view.gates[gate] = "timed_out"
+        finally:
+            self.view.pending_gate = None
+            if self.view.status == "awaiting_review":
+                self.view.status = "running"
+        state: GateState = self.view.gates[gate]
+        if state == "rejected":
+            self.view.stages[stage] = "failed"
+            raise RunStopped("rejected", f"gate {gate!r} was rejected")
+        if state == "timed_out":
+            self.view.stages[stage] = "failed"
+            raise RunStopped("timed_out", f"gate {gate!r} had no decision within {timeout:g} s")
+        self.view.stages[stage] = "running"
+
+    # --- ending ------------------------------------------------------------------------------------------------
+
+    async def execute(self, body: Callable[[], Awaitable[T]]) -> T:
+        """Run the workflow body; on a stop or a cancellation compensate, then close with the right status."""
+        try:
+            result = await body()
+        except RunStopped as stop:
+            self.view.error = stop.message
+            await self.compensate()
+            self.view.status = stop.status
+            self.view.stage = None
+            raise ApplicationError(
+                stop.message, self.view.model_dump(mode="json"), type=_FAILURE_TYPES[stop.status], non_retryable=True
+            ) from None
+        except asyncio.CancelledError:
+            self.view.error = "cancelled"
+            await self.compensate()
+            self.view.status = "cancelled"
+            self.view.stage = None
+            raise
+        self.view.status = "succeeded"
+        self.view.stage = None
+        return result
+
+
+_FAILURE_TYPES: dict[str, str] = {
+    "failed": "PipelineFailed",
+    "rejected": "GateRejected",
+    "timed_out": "GateTimedOut",
+}

@@ -164,6 +164,7 @@ class InfraPlan(_Model):
     project: str
     environment: str
     changes: list[PlannedChange]
+    resources: list[ResourceSpec] = Field(default_factory=list, description="The specs the plan was made from.")
     impact: Impact
     reasons: list[str] = Field(default_factory=list)
 

@@ -17,10 +17,11 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 
+from agents.infra import stream_name
 from events.models import PipelineRequest
 from quantum.settings import Settings
 from quantum.worker import Agents, activity_name, build_agents, new_worker
-from workflows.models import RunStatusView
+from workflows.models import PipelineResult, RunStatusView
 
 HTTP_PROMPT = "an HTTP JSON service with a health endpoint"
 
@@ -41,6 +42,13 @@ class Harness:
         self.settings = settings
         self.agents = agents
         self.task_queue = f"test-{uuid.uuid4()}"
+        self.project = f"app-{uuid.uuid4().hex[:8]}"  # streams live on the session's NATS: one name per test
+
+    def stream(self, name: str) -> str:
+        return stream_name(self.project, name)
+
+    def infra_dir(self, name: str) -> Path:
+        return self.settings.data_path / "infra" / self.project / name
 
     @asynccontextmanager
     async def worker(self, *replacements: Callable[..., Any]) -> AsyncIterator[None]:
@@ -52,11 +60,11 @@ class Harness:
 
     async def start(self, workflow: str, request: Any, *, prefix: str = "pipeline") -> WorkflowHandle[Any, Any]:
         return await self.client.start_workflow(
-            workflow, request, id=f"{prefix}-{uuid.uuid4()}", task_queue=self.task_queue
+            workflow, request, id=f"{prefix}-{uuid.uuid4()}", task_queue=self.task_queue, result_type=PipelineResult
         )
 
     async def start_pipeline(self, **fields: Any) -> WorkflowHandle[Any, Any]:
-        fields.setdefault("project", "billing-api")
+        fields.setdefault("project", self.project)
         fields.setdefault("prompt", HTTP_PROMPT)
         fields.setdefault("requested_by", "alice")
         return await self.start("DevSecOpsPipelineWorkflow", PipelineRequest(**fields))

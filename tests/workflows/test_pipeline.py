@@ -83,7 +83,7 @@ async def failure_of(handle: Any) -> ApplicationError:
 async def test_happy_path_runs_all_stages_for_real(harness: Harness) -> None:
     async with harness.worker():
         handle = await harness.start_pipeline(infrastructure=SMALL_INFRA)
-        result = await handle.result(result_type=PipelineResult)
+        result = await handle.result()
         view = await status(handle)
 
     assert result.status == "succeeded"
@@ -99,8 +99,8 @@ async def test_happy_path_runs_all_stages_for_real(harness: Harness) -> None:
     # what the stages did is really there
     workspaces = Workspaces(harness.settings.data_path / "workspaces")
     assert any(workspaces.src(handle.id).glob("*.py"))
-    assert (harness.settings.data_path / "infra" / "billing-api" / "assets").is_dir()
-    assert await stream_exists(harness.settings.nats_url, "QINFRA_BILLING_API_AUDIT")
+    assert (harness.infra_dir("assets")).is_dir()
+    assert await stream_exists(harness.settings.nats_url, harness.stream("audit"))
     assert port_answers(str(view.outputs["deployment_url"]))
     assert list((harness.settings.data_path / "monitoring").rglob(f"*{handle.id}*"))
 
@@ -108,7 +108,7 @@ async def test_happy_path_runs_all_stages_for_real(harness: Harness) -> None:
 async def test_monitoring_failure_is_recorded_and_the_run_still_succeeds(harness: Harness) -> None:
     async with harness.worker(failing("sre.setup_monitoring")):
         handle = await harness.start_pipeline()
-        result = await handle.result(result_type=PipelineResult)
+        result = await handle.result()
         view = await status(handle)
 
     assert result.status == "succeeded"
@@ -158,8 +158,8 @@ async def test_failure_at_each_stage_compensates_newest_first(harness: Harness, 
     workspaces = Workspaces(harness.settings.data_path / "workspaces")
     assert not any(workspaces.src(handle.id).glob("*.py"))
     assert not any(workspaces.tests(handle.id).glob("*.py"))
-    assert not (harness.settings.data_path / "infra" / "billing-api" / "assets").exists()
-    assert not await stream_exists(harness.settings.nats_url, "QINFRA_BILLING_API_AUDIT")
+    assert not (harness.infra_dir("assets")).exists()
+    assert not await stream_exists(harness.settings.nats_url, harness.stream("audit"))
 
 
 async def test_verify_failure_stops_the_real_deployment(harness: Harness) -> None:
@@ -203,7 +203,7 @@ async def test_security_gate_opens_on_criticals_and_approval_lets_the_run_finish
         assert view.stage == "security_scan"
         assert view.outputs["criticals"] >= 1
         await handle.signal("review", approve("security"))
-        result = await handle.result(result_type=PipelineResult)
+        result = await handle.result()
         view = await status(handle)
     assert result.status == "succeeded"
     assert view.gates == {"security": "approved"}
@@ -250,11 +250,11 @@ async def test_infra_gate_needs_the_policy_quorum(harness: Harness) -> None:
         assert view.pending_gate == "infra"
         assert view.approvals["infra"] == ["bob"]
         await handle.signal("review", approve("infra", "carol"))
-        result = await handle.result(result_type=PipelineResult)
+        result = await handle.result()
         view = await status(handle)
     assert result.status == "succeeded"
     assert view.gates["infra"] == "approved"
-    assert await stream_exists(harness.settings.nats_url, "QINFRA_BILLING_API_ORDERS")
+    assert await stream_exists(harness.settings.nats_url, harness.stream("orders"))
 
 
 async def test_infra_gate_rejected_provisions_nothing(harness: Harness) -> None:
@@ -267,7 +267,7 @@ async def test_infra_gate_rejected_provisions_nothing(harness: Harness) -> None:
     assert error.type == "GateRejected"
     assert view.stages["provision_infra"] == "failed"
     assert steps(view) == [("cleanup_tests", "completed"), ("cleanup_code", "completed")]
-    assert not await stream_exists(harness.settings.nats_url, "QINFRA_BILLING_API_ORDERS")
+    assert not await stream_exists(harness.settings.nats_url, harness.stream("orders"))
 
 
 async def test_infra_gate_times_out(harness: Harness) -> None:
@@ -288,7 +288,7 @@ async def test_prod_deploy_gate_approved(harness: Harness) -> None:
         assert view.stages["deploy_application"] == "awaiting_review"
         assert view.stages["verify_deployment"] == "pending"
         await handle.signal("review", approve("deploy", comment="ship it"))
-        result = await handle.result(result_type=PipelineResult)
+        result = await handle.result()
     assert result.status == "succeeded"
     assert port_answers(str(result.outputs["deployment_url"]))
 
@@ -309,7 +309,7 @@ async def test_prod_deploy_gate_rejected_compensates_everything_before_it(harnes
         ("cleanup_tests", "completed"),
         ("cleanup_code", "completed"),
     ]
-    assert not (harness.settings.data_path / "infra" / "billing-api" / "x").exists()
+    assert not (harness.infra_dir("x")).exists()
 
 
 async def test_prod_deploy_gate_times_out(harness: Harness) -> None:
@@ -363,7 +363,10 @@ async def test_refused_reviews_change_nothing_and_are_audited(harness: Harness) 
 async def test_cancellation_compensates_and_ends_cancelled(harness: Harness) -> None:
     async with harness.worker():
         handle = await harness.start_pipeline(environment="prod", infrastructure=SMALL_INFRA)
+        await wait_for_gate(handle, "infra")
+        await handle.signal("review", approve("infra"))
         await wait_for_gate(handle, "deploy")
+        assert await stream_exists(harness.settings.nats_url, harness.stream("audit"))
         await handle.cancel()
         with pytest.raises(WorkflowFailureError) as info:
             await handle.result()
@@ -375,7 +378,7 @@ async def test_cancellation_compensates_and_ends_cancelled(harness: Harness) -> 
         ("cleanup_tests", "completed"),
         ("cleanup_code", "completed"),
     ]
-    assert not await stream_exists(harness.settings.nats_url, "QINFRA_BILLING_API_AUDIT")
+    assert not await stream_exists(harness.settings.nats_url, harness.stream("audit"))
 
 
 async def test_cancellation_during_a_running_stage(harness: Harness) -> None:

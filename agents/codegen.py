@@ -1,0 +1,230 @@
+"""QAgent: code generation from the offline pattern library, written into the run's workspace.
+
+The offline pattern provider is a real, documented mode, not a model: it picks the closest entry of a shipped
+library of vetted patterns (each with its own tests), adapts names from the request, and says in every result
+that it came from ``offline-patterns``.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import hashlib
+import json
+import re
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import Counter
+from temporalio import activity
+
+from agents.errors import INVALID_REQUEST, NO_PATTERN_MATCH, failure
+from agents.models import (
+    CleanupResult,
+    CodeValidation,
+    Fingerprint,
+    GenerateCodeInput,
+    GeneratedCode,
+    RunRef,
+)
+from agents.workspace import Workspaces, file_record, files_under, safe_join, sha256_file
+
+OFFLINE_PROVIDER = "offline-patterns"
+PATTERNS_DIR = Path(__file__).parent / "patterns_lib"
+
+GENERATIONS = Counter(
+    "quantum_agent_code_generations_total", "Code generations by provider and pattern", ["provider", "pattern"]
+)
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def words(text: str) -> set[str]:
+    """Lower-case words of ``text``, with a plural ``s`` dropped so 'services' meets 'service'."""
+    found = set()
+    for word in _WORD.findall(text.lower()):
+        found.add(word)
+        if len(word) > 3 and word.endswith("s"):
+            found.add(word[:-1])
+    return found
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """One vetted pattern: its code and its tests, with ``{{module}}``-style placeholders."""
+
+    name: str
+    description: str
+    keywords: tuple[str, ...]
+    module_template: str
+    tests_template: str
+
+    def render(self, template: str, *, module: str, project: str, prompt: str) -> str:
+        title = project.replace("-", " ").replace("_", " ").title()
+        safe_prompt = " ".join(prompt.split()).replace("\\", "/").replace('"""', "'''")
+        text = template.replace("{{module}}", module).replace("{{project}}", project).replace("{{title}}", title)
+        return text.replace("{{prompt}}", safe_prompt)
+
+    def score(self, prompt: str) -> float:
+        """The share of this pattern's keywords the prompt names, with the name itself counting double."""
+        asked = words(prompt)
+        hits = sum(1 for keyword in self.keywords if keyword in asked)
+        if self.name in asked or self.name.replace("_", "") in asked:
+            hits += 2
+        return round(hits / len(self.keywords), 4) if self.keywords else 0.0
+
+
+class PatternLibrary:
+    """The shipped library of vetted patterns, loaded from ``root`` (one folder per pattern)."""
+
+    def __init__(self, root: Path = PATTERNS_DIR) -> None:
+        self.patterns: dict[str, Pattern] = {}
+        for meta_path in sorted(root.glob("*/pattern.json")):
+            meta = json.loads(meta_path.read_text())
+            folder = meta_path.parent
+            self.patterns[meta["name"]] = Pattern(
+                name=meta["name"],
+                description=meta["description"],
+                keywords=tuple(meta["keywords"]),
+                module_template=(folder / "module.py").read_text(),
+                tests_template=(folder / "test_module.py").read_text(),
+            )
+
+    def get(self, name: str) -> Pattern:
+        try:
+            return self.patterns[name]
+        except KeyError:
+            raise failure(NO_PATTERN_MATCH, f"no pattern named {name!r}; known: {', '.join(self.patterns)}") from None
+
+    def best_match(self, prompt: str) -> tuple[Pattern, float]:
+        """The pattern whose keywords the prompt names most (ties go to the first by name)."""
+        ranked = sorted(((p.score(prompt), p.name) for p in self.patterns.values()), key=lambda s: (-s[0], s[1]))
+        if not ranked or ranked[0][0] <= 0:
+            raise failure(
+                NO_PATTERN_MATCH,
+                f"the offline pattern library has nothing for {prompt[:80]!r}; it knows: "
+                + "; ".join(f"{p.name} ({p.description})" for p in self.patterns.values()),
+            )
+        score, name = ranked[0]
+        return self.patterns[name], score
+
+
+def module_name(project: str) -> str:
+    """An importable module name for ``project`` that shadows nothing in the standard library."""
+    name = re.sub(r"[^a-z0-9_]", "_", project.lower())
+    if not name or not name[0].isalpha():
+        raise failure(INVALID_REQUEST, f"project {project!r} gives no module name")
+    if name in sys.stdlib_module_names or name in {"test", "tests", "conftest", "pytest"}:
+        name += "_app"
+    return name
+
+
+class CodegenAgent:
+    """QAgent: writes code for a request into the run's workspace, checks it and fingerprints it."""
+
+    def __init__(self, workspaces: Workspaces, patterns: PatternLibrary) -> None:
+        self.workspaces = workspaces
+        self.patterns = patterns
+
+    @activity.defn(name="codegen.generate_code")
+    async def generate_code(self, inp: GenerateCodeInput) -> GeneratedCode:
+        """Generate the request's code from the closest pattern, then lay the request's source files over it."""
+        if inp.language != "python":
+            raise failure(INVALID_REQUEST, f"language {inp.language!r} is not supported; use python")
+        pattern, score = self.patterns.best_match(inp.prompt)
+        module = module_name(inp.project)
+        code = pattern.render(pattern.module_template, module=module, project=inp.project, prompt=inp.prompt)
+        return await asyncio.to_thread(self._write, inp, pattern, score, module, code)
+
+    def _write(self, inp: GenerateCodeInput, pattern: Pattern, score: float, module: str, code: str) -> GeneratedCode:
+        src = self.workspaces.src(inp.run_id)
+        if src.exists():
+            shutil.rmtree(src)  # a retry starts from a clean directory: same input, same files
+        src.mkdir(parents=True)
+        written = [src / f"{module}.py"]
+        written[0].write_text(code)
+        notes = [
+            f"Code from the offline pattern library (pattern '{pattern.name}', score {score:.2f}); "
+            "no language model was used.",
+        ]
+        for rel, content in sorted(inp.source.items()):
+            target = safe_join(src, rel)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(content)
+            if target not in written:
+                written.append(target)
+        if inp.source:
+            notes.append(f"{len(inp.source)} source file(s) from the request were written as given.")
+        GENERATIONS.labels(OFFLINE_PROVIDER, pattern.name).inc()
+        activity.logger.info("generated %s from pattern %s", module, pattern.name)
+        return GeneratedCode(
+            run_id=inp.run_id,
+            workspace=str(self.workspaces.for_run(inp.run_id)),
+            module=module,
+            files=[file_record(p, src) for p in sorted(written)],
+            provider=OFFLINE_PROVIDER,
+            model=None,
+            pattern=pattern.name,
+            pattern_score=score,
+            notes=notes,
+        )
+
+    @activity.defn(name="codegen.validate_code")
+    async def validate_code(self, ref: RunRef) -> CodeValidation:
+        """Every file under ``src`` is a regular Python file inside the workspace that parses."""
+        return await asyncio.to_thread(self._validate, ref)
+
+    def _validate(self, ref: RunRef) -> CodeValidation:
+        src = self.workspaces.src(ref.run_id)
+        errors: list[str] = []
+        checked = 0
+        if not src.is_dir():
+            return CodeValidation(ok=False, files_checked=0, errors=["no generated code in the workspace"])
+        base = src.resolve()
+        for path in sorted(src.rglob("*")):
+            rel = path.relative_to(src).as_posix()
+            if path.is_symlink() or not path.resolve().is_relative_to(base):
+                errors.append(f"{rel}: links outside the workspace")
+            elif path.is_file():
+                if path.suffix != ".py":
+                    errors.append(f"{rel}: only .py files are allowed")
+                    continue
+                checked += 1
+                try:
+                    ast.parse(path.read_text(), filename=rel)
+                except SyntaxError as err:
+                    errors.append(f"{rel}:{err.lineno}: {err.msg}")
+        if checked == 0 and not errors:
+            errors.append("no Python files were generated")
+        return CodeValidation(ok=not errors, files_checked=checked, errors=errors)
+
+    @activity.defn(name="codegen.fingerprint_code")
+    async def fingerprint_code(self, ref: RunRef) -> Fingerprint:
+        """sha256 of every file, and one digest over the sorted (path, sha256) pairs."""
+        src = self.workspaces.src(ref.run_id)
+        files = {p.relative_to(src).as_posix(): sha256_file(p) for p in files_under(src)}
+        if not files:
+            raise failure(INVALID_REQUEST, f"nothing to fingerprint for {ref.run_id}")
+        digest = hashlib.sha256("\n".join(f"{path}\t{sha}" for path, sha in sorted(files.items())).encode())
+        return Fingerprint(digest=digest.hexdigest(), files=files)
+
+    @activity.defn(name="codegen.cleanup_code")
+    async def cleanup_code(self, ref: RunRef) -> CleanupResult:
+        """Remove the run's generated code (compensation); nothing to remove is fine."""
+        return remove_dir(self.workspaces.src(ref.run_id))
+
+    def activities(self) -> list[Callable[..., Any]]:
+        return [self.generate_code, self.validate_code, self.fingerprint_code, self.cleanup_code]
+
+
+def remove_dir(path: Path) -> CleanupResult:
+    """Remove ``path`` and everything in it, saying what went; a missing directory is not an error."""
+    if not path.exists():
+        return CleanupResult(removed=[])
+    removed = [p.as_posix() for p in files_under(path, "*")]
+    shutil.rmtree(path)
+    return CleanupResult(removed=removed)

@@ -1,0 +1,152 @@
+"""QTest: tests for the generated code, run by pytest with coverage inside the sandbox."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
+
+from prometheus_client import Counter, Histogram
+from temporalio import activity
+
+from agents.codegen import OFFLINE_PROVIDER, PatternLibrary, remove_dir
+from agents.errors import INVALID_REQUEST, TOOL_FAILURE, failure
+from agents.models import (
+    CleanupResult,
+    ExecuteTestsInput,
+    GeneratedTests,
+    GenerateTestsInput,
+    RunRef,
+    TestReport,
+)
+from agents.sandbox import Sandbox
+from agents.workspace import Workspaces, file_record
+
+TEST_RUNS = Counter("quantum_agent_test_runs_total", "Sandboxed test runs by outcome", ["outcome"])
+TEST_SECONDS = Histogram("quantum_agent_test_run_seconds", "Wall-clock time of a sandboxed test run")
+
+PYTEST_INI = "[pytest]\naddopts = -p no:cacheprovider\n"
+
+
+class TestgenAgent:
+    """QTest: writes tests for the run's code and runs them in the sandbox with coverage."""
+
+    __test__ = False
+
+    def __init__(self, workspaces: Workspaces, patterns: PatternLibrary, sandbox: Sandbox) -> None:
+        self.workspaces = workspaces
+        self.patterns = patterns
+        self.sandbox = sandbox
+
+    @activity.defn(name="testgen.generate_tests")
+    async def generate_tests(self, inp: GenerateTestsInput) -> GeneratedTests:
+        """Write the pattern's own vetted tests, adapted to the generated module (offline provider)."""
+        if inp.pattern is None:
+            raise failure(INVALID_REQUEST, "the offline provider writes tests only for code from a pattern")
+        pattern = self.patterns.get(inp.pattern)
+        text = pattern.render(pattern.tests_template, module=inp.module, project=inp.module, prompt=inp.prompt)
+        tests_dir = self.workspaces.tests(inp.run_id)
+        tests_dir.mkdir(parents=True, exist_ok=True)
+        path = tests_dir / f"test_{inp.module}.py"
+        path.write_text(text)
+        count = sum(
+            1
+            for node in ast.walk(ast.parse(text))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test")
+        )
+        return GeneratedTests(
+            run_id=inp.run_id,
+            files=[file_record(path, self.workspaces.for_run(inp.run_id))],
+            provider=OFFLINE_PROVIDER,
+            test_count=count,
+        )
+
+    @activity.defn(name="testgen.execute_tests")
+    async def execute_tests(self, inp: ExecuteTestsInput) -> TestReport:
+        """Run the tests under pytest + coverage in the sandbox; report counts, coverage and the JUnit file.
+
+        Failing tests are a result, not an error: the workflow applies the test policy. Only a run that produced
+        no report at all (and did not time out) is a ``ToolFailure``.
+        """
+        root = self.workspaces.for_run(inp.run_id)
+        if not (root / "tests").is_dir():
+            raise failure(INVALID_REQUEST, f"no tests to run for {inp.run_id}")
+        reports = root / "reports"
+        if reports.exists():
+            shutil.rmtree(reports)
+        reports.mkdir(parents=True)
+        (root / "pytest.ini").write_text(PYTEST_INI)
+        inside = self.sandbox.workdir(root)
+        argv = [
+            sys.executable, "-m", "pytest", "-q",
+            "-c", f"{inside}/pytest.ini", "--rootdir", inside,
+            f"--cov={inp.module}", f"--cov-report=json:{inside}/reports/coverage.json",
+            f"--junitxml={inside}/reports/junit.xml",
+            f"{inside}/tests",
+        ]
+        env = {"PYTHONPATH": f"{inside}/src", "COVERAGE_FILE": f"{inside}/reports/.coverage"}
+        started = time.monotonic()
+        result = await self.sandbox.run(argv, workspace=root, timeout=inp.timeout_seconds, env=env)
+        duration = time.monotonic() - started
+        TEST_SECONDS.observe(duration)
+        output = (result.stdout + result.stderr)[-4000:]
+        junit = reports / "junit.xml"
+        if not junit.is_file():
+            if result.timed_out:
+                TEST_RUNS.labels("timed_out").inc()
+                return TestReport(
+                    passed=0, failed=0, errors=1, coverage=0.0, duration_seconds=round(duration, 3),
+                    junit_report="", isolation=result.isolation, timed_out=True, output_tail=output,
+                )
+            TEST_RUNS.labels("no_report").inc()
+            raise failure(TOOL_FAILURE, f"pytest produced no report (exit {result.returncode}): {output[-800:]}")
+        counts = _junit_counts(junit)
+        coverage = _coverage_percent(reports / "coverage.json")
+        outcome = "passed" if counts["failed"] + counts["errors"] == 0 and not result.timed_out else "failed"
+        TEST_RUNS.labels(outcome).inc()
+        return TestReport(
+            **counts,
+            coverage=coverage,
+            duration_seconds=round(duration, 3),
+            junit_report=str(junit),
+            isolation=result.isolation,
+            timed_out=result.timed_out,
+            output_tail=output,
+        )
+
+    @activity.defn(name="testgen.cleanup_tests")
+    async def cleanup_tests(self, ref: RunRef) -> CleanupResult:
+        """Remove the run's tests and reports (compensation); nothing to remove is fine."""
+        root = self.workspaces.for_run(ref.run_id)
+        removed = remove_dir(root / "tests").removed + remove_dir(root / "reports").removed
+        (root / "pytest.ini").unlink(missing_ok=True)
+        return CleanupResult(removed=removed)
+
+    def activities(self) -> list[Callable[..., Any]]:
+        return [self.generate_tests, self.execute_tests, self.cleanup_tests]
+
+
+def _junit_counts(path: Path) -> dict[str, int]:
+    tree = ElementTree.parse(path)
+    suites = [tree.getroot()] if tree.getroot().tag == "testsuite" else tree.getroot().findall("testsuite")
+    total = failed = errors = skipped = 0
+    for suite in suites:
+        total += int(suite.get("tests", 0))
+        failed += int(suite.get("failures", 0))
+        errors += int(suite.get("errors", 0))
+        skipped += int(suite.get("skipped", 0))
+    return {"passed": total - failed - errors - skipped, "failed": failed, "errors": errors, "skipped": skipped}
+
+
+def _coverage_percent(path: Path) -> float:
+    if not path.is_file():
+        return 0.0
+    data = json.loads(path.read_text())
+    return float(data.get("totals", {}).get("percent_covered", 0.0))

@@ -1,0 +1,190 @@
+"""The ``quantum`` command line, run as a user runs it: as a program, against the real embedded stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from quantum.cli import app
+from tests.conftest import free_port
+
+QUANTUM = Path(sys.executable).parent / "quantum"
+runner = CliRunner()
+
+
+def quantum_env(data_dir: Path, temporal_port: int, nats_port: int, metrics_port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUANTUM_")}
+    env.update(
+        QUANTUM_DATA_DIR=str(data_dir),
+        QUANTUM_TEMPORAL_ADDRESS=f"127.0.0.1:{temporal_port}",
+        QUANTUM_TEMPORAL_UI_PORT=str(free_port()),
+        QUANTUM_NATS_URL=f"nats://127.0.0.1:{nats_port}",
+        QUANTUM_METRICS_PORT=str(metrics_port),
+        COLUMNS="160",
+    )
+    return env
+
+
+def quantum(env: dict[str, str], *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(QUANTUM), *args], env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
+
+
+def answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
+
+
+def processes_mentioning(text: str) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if text in line and "ps -eo" not in line]
+
+
+# --- request files -------------------------------------------------------------------------------------------------
+
+
+def test_a_bad_request_file_names_the_field_and_the_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"project": "Bad Name", "prompt": "an http service", "environment": "moon"}))
+    result = runner.invoke(app, ["pipeline", "request", str(bad)])
+    assert result.exit_code == 1
+    assert "bad.json is not a valid PipelineRequest" in result.output
+    assert "project: String should match pattern" in result.output
+    assert "requested_by: Field required" in result.output
+    assert "environment: Input should be 'dev', 'staging' or 'prod'" in result.output
+
+
+def test_a_request_file_that_is_not_json_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{project: ")
+    result = runner.invoke(app, ["pipeline", "request", str(bad)])
+    assert result.exit_code == 1
+    assert "is not valid JSON" in result.output
+
+
+def test_a_missing_request_file_is_refused(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["pipeline", "request", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 1
+    assert "cannot read" in result.output
+
+
+def test_a_request_needs_a_file_or_a_prompt() -> None:
+    result = runner.invoke(app, ["pipeline", "request"])
+    assert result.exit_code == 2
+    assert "either a request FILE or --prompt" in result.output
+
+
+def test_yaml_request_files_are_read(tmp_path: Path) -> None:
+    from events.models import PipelineRequest
+    from quantum.requests import load_model
+
+    path = tmp_path / "req.yaml"
+    path.write_text("project: ledger\nprompt: a semantic version parser\nrequested_by: ann\nenvironment: staging\n")
+    request = load_model(path, PipelineRequest)
+    assert request.project == "ledger" and request.environment == "staging"
+
+
+# --- quantum up, and the commands against it ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def stack_up(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """``quantum up`` as a user starts it, stopped with SIGTERM at the end; asserts it left nothing behind."""
+    temporal_port, nats_port, metrics_port = free_port(), free_port(), free_port()
+    data_dir = tmp_path / "data"
+    env = quantum_env(data_dir, temporal_port, nats_port, metrics_port)
+    log = (tmp_path / "up.log").open("w")
+    proc = subprocess.Popen([str(QUANTUM), "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while "Press Ctrl-C" not in (tmp_path / "up.log").read_text():
+        assert proc.poll() is None, (tmp_path / "up.log").read_text()
+        assert time.monotonic() < deadline, (tmp_path / "up.log").read_text()
+        time.sleep(0.2)
+    try:
+        yield env
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+        output = (tmp_path / "up.log").read_text()
+        assert code == 0, output
+        assert not answers(temporal_port) and not answers(nats_port) and not answers(metrics_port)
+        assert processes_mentioning(str(data_dir)) == []
+
+
+def test_up_serves_everything_and_the_cli_drives_a_run(stack_up: dict[str, str], tmp_path: Path) -> None:
+    env = stack_up
+    metrics_port = int(env["QUANTUM_METRICS_PORT"])
+    assert answers(metrics_port)
+
+    started = quantum(env, "pipeline", "request", "--prompt", "an LRU cache for sessions", "--project", "sessions",
+                      "--environment", "prod", "--requested-by", "ann", "--no-follow")
+    assert started.returncode == 0, started.stderr + started.stdout
+    run_id = next(w for w in started.stdout.split() if w.startswith("pipeline-"))
+
+    deadline = time.monotonic() + 120
+    while True:
+        view = json.loads(quantum(env, "pipeline", "status", run_id, "--json").stdout)
+        if view["pending_gate"] == "deploy":
+            break
+        assert view["status"] in {"running", "awaiting_review"}, view
+        assert time.monotonic() < deadline, view
+        time.sleep(0.5)
+
+    own = quantum(env, "review", run_id, "--gate", "deploy", "--approve", "--reviewer", "ann")
+    assert own.returncode == 1
+    assert "requested this run" in own.stderr
+
+    listed = quantum(env, "pipeline", "list")
+    assert run_id[:20] in listed.stdout
+
+    cancelled = quantum(env, "pipeline", "cancel", run_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    view = json.loads(quantum(env, "pipeline", "status", run_id, "--json").stdout)
+    assert view["status"] == "cancelled"
+    assert [c["step"] for c in view["compensations"]] == ["cleanup_tests", "cleanup_code"]
+
+    missing = quantum(env, "pipeline", "status", "pipeline-does-not-exist")
+    assert missing.returncode == 1 and "no run with id" in missing.stderr
+
+
+def test_up_refuses_a_port_taken_by_something_else(tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        env = quantum_env(tmp_path / "data", port, free_port(), free_port())
+        result = quantum(env, "up", timeout=60)
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port}" in result.stderr
+    assert "not Temporal" in result.stderr
+
+
+def test_demo_auto_approve_succeeds_on_a_fresh_data_dir(tmp_path: Path) -> None:
+    env = quantum_env(tmp_path / "data", free_port(), free_port(), free_port())
+    result = quantum(env, "demo", "--auto-approve", timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "succeeded" in result.stdout
+    assert "approved automatically" in result.stdout
+    assert "Temporal UI: http://127.0.0.1:" in result.stdout
+    assert processes_mentioning(str(tmp_path / "data")) == []
+
+
+def test_demo_without_a_terminal_asks_for_auto_approve(tmp_path: Path) -> None:
+    env = quantum_env(tmp_path / "data", free_port(), free_port(), free_port())
+    result = quantum(env, "demo", timeout=60)
+    assert result.returncode == 2
+    assert "--auto-approve" in result.stderr

@@ -17,6 +17,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.prompt import Confirm, Prompt
 from rich.table import Table
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
@@ -30,7 +31,7 @@ from quantum.metrics import MetricsError
 from quantum.requests import EXAMPLES, RequestError, describe_validation_error, load_model
 from quantum.settings import Settings
 from quantum.stack import StackError
-from quantum.views import result_panel, runs_table, status_panel
+from quantum.views import result_panel, runs_table, status_panel, summary
 from workflows.models import RunStatusView
 
 T = TypeVar("T")
@@ -52,7 +53,7 @@ class CliError(Exception):
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}")
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -194,7 +195,7 @@ def demo(
             console.print(f"requested [bold]{handle.id}[/] for project {request.project} ({request.environment})")
             on_gate = auto_approver(request) if auto_approve else person_at_the_gate(request)
             view = await follow(handle, on_gate=on_gate)
-            console.print(result_panel(view, live.stack.temporal_ui_url, settings.temporal_namespace))
+            console.print(summary(view, live.stack.temporal_ui_url, settings.temporal_namespace))
             if "deployment_url" in view.outputs and view.status == "succeeded":
                 console.print(f"The release answered at {view.outputs['deployment_url']}; it stops when the demo ends.")
             return view
@@ -238,7 +239,7 @@ def pipeline_request(
 
     view = run(go())
     if view is not None:
-        console.print(result_panel(view, settings.temporal_ui_url, settings.temporal_namespace))
+        console.print(summary(view, settings.temporal_ui_url, settings.temporal_namespace))
         if view.status != "succeeded":
             raise typer.Exit(1)
 
@@ -302,7 +303,7 @@ def pipeline_cancel(pipeline_id: Annotated[str, typer.Argument(help="The workflo
         return await follow(handle)
 
     view = run(go())
-    console.print(result_panel(view, settings.temporal_ui_url, settings.temporal_namespace))
+    console.print(summary(view, settings.temporal_ui_url, settings.temporal_namespace))
 
 
 async def _describe(handle: WorkflowHandle[Any, Any]) -> WorkflowExecutionStatus | None:
@@ -345,7 +346,7 @@ def review(
     if accepted:
         console.print(f"[green]accepted[/]: {'approved' if approve else 'rejected'} gate '{gate}' of {pipeline_id}")
     else:
-        err_console.print(f"[bold red]refused[/]: {reason}")
+        err_console.print(f"[bold red]refused[/]: {escape(reason)}", soft_wrap=True)
         raise typer.Exit(1)
 
 

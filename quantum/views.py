@@ -33,7 +33,7 @@ STATUS_STYLE = {
 
 
 def stage_table(view: RunStatusView) -> Table:
-    table = Table(title=f"{view.workflow} {view.pipeline_id}", title_justify="left", expand=False)
+    table = Table(expand=False)
     table.add_column("#", justify="right", style="dim")
     table.add_column("stage")
     table.add_column("state")
@@ -45,7 +45,7 @@ def stage_table(view: RunStatusView) -> Table:
 
 def status_panel(view: RunStatusView) -> Group:
     """The stage table, then gates, compensations, outputs and audit where there are any."""
-    parts: list[Any] = [stage_table(view)]
+    parts: list[Any] = [Text(f"{view.workflow} {view.pipeline_id}", style="bold"), stage_table(view)]
     line = Text("status: ")
     line.append(view.status, style=STATUS_STYLE.get(view.status, ""))
     if view.pending_gate:
@@ -106,8 +106,14 @@ def runs_table(rows: Iterable[tuple[str, str, str, str]]) -> Table:
     return table
 
 
-def result_panel(view: RunStatusView, ui_url: str | None, namespace: str) -> Panel:
-    body: list[Any] = [status_panel(view), outputs_table(view.outputs)]
+def summary(view: RunStatusView, ui_url: str | None, namespace: str) -> Group:
+    """What a finished run produced, and where to see its history."""
+    body: list[Any] = [outputs_table(view.outputs)]
     if ui_url:
         body.append(Text(f"Temporal UI: {ui_url}/namespaces/{namespace}/workflows/{view.pipeline_id}", style="blue"))
-    return Panel(Group(*body), title=f"{view.pipeline_id}: {view.status}", border_style=STATUS_STYLE.get(view.status, ""))
+    return Group(*body)
+
+
+def result_panel(view: RunStatusView, ui_url: str | None, namespace: str) -> Panel:
+    body = Group(status_panel(view), summary(view, ui_url, namespace))
+    return Panel(body, title=f"{view.pipeline_id}: {view.status}", border_style=STATUS_STYLE.get(view.status, ""))

@@ -11,7 +11,13 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, FailureError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    ChildWorkflowError,
+    FailureError,
+    is_cancelled_exception,
+)
 
 with workflow.unsafe.imports_passed_through():
     from events.models import GATES, ApprovalPolicy, ReviewDecision
@@ -64,6 +70,9 @@ class Run:
             self.view.stages[name] = "failed"
             raise
         except FailureError as err:
+            if is_cancelled_exception(err):
+                self.view.stages[name] = "cancelled"
+                raise asyncio.CancelledError(str(err)) from err
             self.view.stages[name] = "failed"
             raise RunStopped("failed", f"{name} failed: {failure_message(err)}") from err
         self.view.stages[name] = "succeeded"

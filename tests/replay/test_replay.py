@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+from temporalio import workflow
 from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
+from temporalio.workflow import NondeterminismError
 
 from workflows import WORKFLOWS
 
@@ -35,23 +38,19 @@ async def test_history_replays_without_nondeterminism(path: Path) -> None:
     assert result.replay_failure is None
 
 
+@workflow.defn(name="DevSecOpsPipelineWorkflow", sandboxed=False)
+class PipelineThatSkipsEveryStage:
+    """A workflow of the same name whose code no longer matches the recorded runs."""
+
+    @workflow.run
+    async def run(self, request: dict[str, Any]) -> None:
+        await workflow.sleep(1)
+
+
 async def test_a_changed_workflow_fails_replay() -> None:
-    """The check can fail: the same history against a workflow that skips a stage is rejected."""
-    import uuid
-
-    from temporalio import workflow
-
-    from events.models import PipelineRequest
-    from workflows.pipeline import DevSecOpsPipelineWorkflow
-
-    @workflow.defn(name="DevSecOpsPipelineWorkflow", sandboxed=False)
-    class Reordered(DevSecOpsPipelineWorkflow):  # type: ignore[misc]
-        @workflow.run
-        async def run(self, request: PipelineRequest) -> None:
-            await workflow.sleep(1)
-
+    """The check can fail: a recorded history against changed code is rejected."""
     path = HISTORIES / "pipeline-succeeded.json"
-    history = WorkflowHistory.from_json(str(uuid.uuid4()), json.loads(path.read_text()))
-    replayer = Replayer(workflows=[Reordered], data_converter=pydantic_data_converter)
+    history = WorkflowHistory.from_json(path.stem, json.loads(path.read_text()))
+    replayer = Replayer(workflows=[PipelineThatSkipsEveryStage], data_converter=pydantic_data_converter)
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
-    assert result.replay_failure is not None
+    assert isinstance(result.replay_failure, NondeterminismError)

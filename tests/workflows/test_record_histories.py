@@ -30,7 +30,7 @@ async def save(handle: Any, name: str) -> None:
 async def test_record(harness: Harness) -> None:
     infra = [{"kind": "directory", "name": "assets"}, {"kind": "stream", "name": "audit"}]
     async with harness.worker():
-        handle = await harness.start_pipeline(infrastructure=infra, environment="prod")
+        handle = await harness.start_pipeline(project=f"{harness.project}-a", infrastructure=infra, environment="prod")
         await wait_for_gate(handle, "infra")
         await handle.signal("review", ReviewDecision(gate="infra", reviewer="bob", approved=True))
         await wait_for_gate(handle, "deploy")
@@ -46,8 +46,10 @@ async def test_record(harness: Harness) -> None:
             await handle.result()
         await save(handle, "pipeline-rejected")
 
-        handle = await harness.start_pipeline(environment="prod", infrastructure=infra)
+        handle = await harness.start_pipeline(project=f"{harness.project}-d", environment="prod", infrastructure=infra)
         await wait_for_gate(handle, "infra")
+        await handle.signal("review", ReviewDecision(gate="infra", reviewer="bob", approved=True))
+        await wait_for_gate(handle, "deploy")
         await handle.cancel()
         with pytest.raises(WorkflowFailureError):
             await handle.result()
@@ -57,12 +59,13 @@ async def test_record(harness: Harness) -> None:
         await handle.result()
         await save(handle, "codegen-succeeded")
 
-        handle = await harness.start("InfraProvisionWorkflow", {"project": "infra-demo", "requested_by": "alice", "resources": infra}, prefix="infra")
+        handle = await harness.start("InfraProvisionWorkflow", {"project": f"{harness.project}-c", "requested_by": "alice", "resources": infra}, prefix="infra")
         await handle.result()
         await save(handle, "infra-succeeded")
 
     async with harness.worker(failing("deploy.verify"), failing("infra.destroy")):
-        handle = await harness.start_pipeline(infrastructure=infra)
+        # another project: the first run's resources still exist and would make this plan HIGH
+        handle = await harness.start_pipeline(project=f"{harness.project}-b", infrastructure=infra)
         with pytest.raises(WorkflowFailureError):
             await handle.result()
         await save(handle, "pipeline-compensated")

@@ -139,9 +139,10 @@ def person_at_the_gate(request: PipelineRequest) -> GateHandler:
         needed = request.approval_policy.approvals_for(gate)
         for index in range(needed):
             default = reviewers[index] if index < len(reviewers) else None
-            reviewer = Prompt.ask("reviewer", default=default, console=console)
-            approved = Confirm.ask(f"approve gate '{gate}'?", console=console)
-            comment = Prompt.ask("comment", default="", console=console)
+            # asked in a thread: the worker in this process keeps running while the person thinks
+            reviewer = await asyncio.to_thread(Prompt.ask, "reviewer", default=default, console=console)
+            approved = await asyncio.to_thread(Confirm.ask, f"approve gate '{gate}'?", console=console)
+            comment = await asyncio.to_thread(Prompt.ask, "comment", default="", console=console)
             await handle.signal("review", ReviewDecision(gate=gate, reviewer=reviewer, approved=approved, comment=comment))
             if not approved:
                 break

@@ -160,17 +160,25 @@ def test_up_serves_everything_and_the_cli_drives_a_run(stack_up: dict[str, str],
     missing = quantum(env, "pipeline", "status", "pipeline-does-not-exist")
     assert missing.returncode == 1 and "no run with id" in missing.stderr
 
+    # a demo beside a running stack uses it and starts nothing of its own
+    demo = quantum(env, "demo", "--auto-approve", timeout=300)
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-2000:]
+    assert "using Temporal at" in demo.stdout and "using NATS at" in demo.stdout
+    assert "started the Temporal dev server" not in demo.stdout
 
-def test_up_refuses_a_port_taken_by_something_else(tmp_path: Path) -> None:
+
+@pytest.mark.parametrize("service", ["Temporal", "NATS"])
+def test_up_refuses_a_port_taken_by_something_else(tmp_path: Path, service: str) -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         port = squatter.getsockname()[1]
-        env = quantum_env(tmp_path / "data", port, free_port(), free_port())
-        result = quantum(env, "up", timeout=60)
+        ports = (port, free_port()) if service == "Temporal" else (free_port(), port)
+        env = quantum_env(tmp_path / "data", *ports, free_port())
+        result = quantum(env, "up", timeout=90)
     assert result.returncode == 1
-    assert f"127.0.0.1:{port}" in result.stderr
-    assert "not Temporal" in result.stderr
+    assert f"127.0.0.1:{port} is in use by something that is not {service}" in result.stderr
+    assert processes_mentioning(str(tmp_path / "data")) == []
 
 
 def test_demo_auto_approve_succeeds_on_a_fresh_data_dir(tmp_path: Path) -> None:
@@ -188,3 +196,58 @@ def test_demo_without_a_terminal_asks_for_auto_approve(tmp_path: Path) -> None:
     result = quantum(env, "demo", timeout=60)
     assert result.returncode == 2
     assert "--auto-approve" in result.stderr
+
+
+def test_demo_asks_the_person_at_each_gate(tmp_path: Path) -> None:
+    """In a terminal, the demo asks at every gate; a rejection at ``deploy`` compensates what was done."""
+    import pty
+    import re
+    import select
+
+    env = quantum_env(tmp_path / "data", free_port(), free_port(), free_port())
+    env["TERM"] = "xterm"
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([str(QUANTUM), "demo"], env=env, stdin=follower, stdout=follower, stderr=follower)
+    os.close(follower)
+    screen = ""
+
+    def read_until(text: str, timeout: float = 120) -> None:
+        nonlocal screen
+        deadline = time.monotonic() + timeout
+        while text not in re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen):
+            assert time.monotonic() < deadline, f"never saw {text!r}; screen ends: {screen[-2000:]}"
+            ready, _, _ = select.select([leader], [], [], 0.5)
+            if ready:
+                try:
+                    screen += os.read(leader, 65536).decode(errors="replace")
+                except OSError:
+                    break
+
+    def answer(text: str) -> None:
+        os.write(leader, text.encode() + b"\r")
+
+    try:
+        read_until("Gate 'infra' waits for a review")
+        read_until("reviewer (erin)")
+        answer("")
+        read_until("approve gate 'infra'?")
+        answer("y")
+        read_until("comment")
+        answer("fine")
+        read_until("Gate 'deploy' waits for a review")
+        read_until("reviewer (erin)")
+        answer("farid")
+        read_until("approve gate 'deploy'?")
+        answer("n")
+        read_until("comment")
+        answer("not today")
+        read_until("Temporal UI:")
+        assert proc.wait(timeout=60) == 1  # the run was rejected
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(leader)
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen)
+    assert "gate 'deploy' was rejected" in plain
+    assert "destroy_infra" in plain and "cleanup_code" in plain
+    assert processes_mentioning(str(tmp_path / "data")) == []

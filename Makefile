@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test up system-deps clean
+.PHONY: demo test lint up system-deps clean
 
 $(BIN)/quantum: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ up: $(BIN)/quantum system-deps
 
 test: $(BIN)/quantum system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(BIN)/quantum
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check quantum agents workflows events tests
+	$(BIN)/mypy quantum agents workflows events
 
 clean:
 	rm -rf $(VENV) .quantum .pytest_cache

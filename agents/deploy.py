@@ -24,7 +24,7 @@ from prometheus_client import Counter
 from temporalio import activity
 
 from agents.errors import DEPLOYMENT_FAILURE, INVALID_REQUEST, failure
-from agents.models import Deployment, DeployInput, RollbackResult, RunRef, VerifyResult
+from agents.models import DeployInput, Deployment, RollbackResult, RunRef, VerifyResult
 from agents.workspace import Workspaces
 
 DEPLOYMENTS = Counter("quantum_agent_deployments_total", "Deployments started and rolled back", ["action"])
@@ -93,11 +93,24 @@ class DeployAgent:
         log = (run_dir / "release.log").open("ab")
         proc = subprocess.Popen(  # noqa: S603 - our own release server, not the generated code
             [
-                sys.executable, "-m", "agents.release_server",
-                "--root", str(release_dir), "--release", inp.release,
-                "--host", self.host, "--port", "0", "--port-file", str(port_file),
+                sys.executable,
+                "-m",
+                "agents.release_server",
+                "--root",
+                str(release_dir),
+                "--release",
+                inp.release,
+                "--host",
+                self.host,
+                "--port",
+                "0",
+                "--port-file",
+                str(port_file),
             ],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
         self._children[inp.run_id] = proc

@@ -106,9 +106,13 @@ class InfraAgent:
                     reasons.append(f"{res.kind} {res.name} {detail}")
         if inp.environment == "prod":
             reasons.insert(0, "environment is prod")
-        impact = "HIGH" if reasons else "MEDIUM" if any(
-            c.kind == "stream" and c.action == "create" for c in changes
-        ) else "LOW"
+        impact = (
+            "HIGH"
+            if reasons
+            else "MEDIUM"
+            if any(c.kind == "stream" and c.action == "create" for c in changes)
+            else "LOW"
+        )
         return InfraPlan(
             run_id=inp.run_id,
             project=inp.project,
@@ -128,7 +132,8 @@ class InfraAgent:
             for change in plan.changes:
                 if change.action == "update":
                     raise failure(
-                        INVALID_REQUEST, f"{change.kind} {change.address} {change.detail}: it is not this run's to change"
+                        INVALID_REQUEST,
+                        f"{change.kind} {change.address} {change.detail}: it is not this run's to change",
                     )
                 if change.kind == "directory":
                     await asyncio.to_thread(self._make_directory, Path(change.address), mark)

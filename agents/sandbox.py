@@ -83,9 +83,12 @@ class Sandbox:
             "--unshare-all",
             "--die-with-parent",
             "--new-session",
-            "--cap-drop", "ALL",
-            "--uid", "65534",
-            "--gid", "65534",
+            "--cap-drop",
+            "ALL",
+            "--uid",
+            "65534",
+            "--gid",
+            "65534",
             "--clearenv",
         ]
         for key, value in env.items():
@@ -95,18 +98,32 @@ class Sandbox:
         for prefix in sorted({sys.prefix, sys.base_prefix, str(Path(sys.executable).resolve().parents[1])}):
             argv += ["--ro-bind-try", prefix, prefix]
         argv += [
-            "--proc", "/proc",
-            "--dev", "/dev",
-            "--tmpfs", "/tmp",
-            "--bind", str(workspace), SANDBOX_MOUNT,
-            "--chdir", SANDBOX_MOUNT,
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--tmpfs",
+            "/tmp",
+            "--bind",
+            str(workspace),
+            SANDBOX_MOUNT,
+            "--chdir",
+            SANDBOX_MOUNT,
         ]
         return argv
 
     def _unshare_argv(self, workspace: Path, env: dict[str, str]) -> list[str]:
         return [
-            "env", "-i", *(f"{k}={v}" for k, v in env.items()),
-            self._unshare or "unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--mount-proc",
+            "env",
+            "-i",
+            *(f"{k}={v}" for k, v in env.items()),
+            self._unshare or "unshare",
+            "--user",
+            "--map-root-user",
+            "--net",
+            "--pid",
+            "--fork",
+            "--mount-proc",
         ]
 
     def workdir(self, workspace: Path) -> str:
@@ -138,7 +155,7 @@ class Sandbox:
         timed_out = False
         try:
             out, err = await asyncio.wait_for(proc.communicate(), timeout)
-        except (asyncio.TimeoutError, asyncio.CancelledError) as stop:
+        except (TimeoutError, asyncio.CancelledError) as stop:
             timed_out = isinstance(stop, asyncio.TimeoutError)
             _kill_group(proc.pid)
             out, err = await proc.communicate()

@@ -21,7 +21,9 @@ from agents.errors import INVALID_REQUEST, TOOL_FAILURE, failure
 from agents.models import Finding, ScanInput, ScanReport
 from agents.workspace import Workspaces, files_under
 
-FINDINGS = Counter("quantum_agent_security_findings_total", "Security findings by tool and severity", ["tool", "severity"])
+FINDINGS = Counter(
+    "quantum_agent_security_findings_total", "Security findings by tool and severity", ["tool", "severity"]
+)
 SCAN_TIMEOUT_SECONDS = 300
 
 
@@ -44,19 +46,29 @@ class SecurityAgent:
         if not files:
             raise failure(INVALID_REQUEST, f"no code to scan for {inp.run_id}")
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bandit", "-r", str(src), "-f", "json", "-q",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "bandit",
+            "-r",
+            str(src),
+            "-f",
+            "json",
+            "-q",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         try:
             out, err = await asyncio.wait_for(proc.communicate(), SCAN_TIMEOUT_SECONDS)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
             raise failure(TOOL_FAILURE, f"bandit did not finish within {SCAN_TIMEOUT_SECONDS} s") from None
         try:
             report = json.loads(out)
         except json.JSONDecodeError:
-            raise failure(TOOL_FAILURE, f"bandit gave no JSON report (exit {proc.returncode}): {err.decode()[-500:]}") from None
+            raise failure(
+                TOOL_FAILURE, f"bandit gave no JSON report (exit {proc.returncode}): {err.decode()[-500:]}"
+            ) from None
         findings = [
             Finding(
                 tool="bandit",

@@ -37,7 +37,8 @@ RULES_TEMPLATE = """groups:
 
 def scrape(url: str, timeout: float = 5.0) -> str:
     with urllib.request.urlopen(f"{url}/metrics", timeout=timeout) as resp:  # noqa: S310 - our own loopback URL
-        return resp.read().decode()
+        body: bytes = resp.read()
+        return body.decode()
 
 
 class SREAgent:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import asyncio
 import json
 import shutil
 import sys
@@ -85,9 +84,16 @@ class TestgenAgent:
         (root / "pytest.ini").write_text(PYTEST_INI)
         inside = self.sandbox.workdir(root)
         argv = [
-            sys.executable, "-m", "pytest", "-q",
-            "-c", f"{inside}/pytest.ini", "--rootdir", inside,
-            f"--cov={inp.module}", f"--cov-report=json:{inside}/reports/coverage.json",
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-c",
+            f"{inside}/pytest.ini",
+            "--rootdir",
+            inside,
+            f"--cov={inp.module}",
+            f"--cov-report=json:{inside}/reports/coverage.json",
             f"--junitxml={inside}/reports/junit.xml",
             f"{inside}/tests",
         ]
@@ -102,8 +108,15 @@ class TestgenAgent:
             if result.timed_out:
                 TEST_RUNS.labels("timed_out").inc()
                 return TestReport(
-                    passed=0, failed=0, errors=1, coverage=0.0, duration_seconds=round(duration, 3),
-                    junit_report="", isolation=result.isolation, timed_out=True, output_tail=output,
+                    passed=0,
+                    failed=0,
+                    errors=1,
+                    coverage=0.0,
+                    duration_seconds=round(duration, 3),
+                    junit_report="",
+                    isolation=result.isolation,
+                    timed_out=True,
+                    output_tail=output,
                 )
             TEST_RUNS.labels("no_report").inc()
             raise failure(TOOL_FAILURE, f"pytest produced no report (exit {result.returncode}): {output[-800:]}")

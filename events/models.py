@@ -39,19 +39,17 @@ class ApprovalPolicy(_Strict):
     timeout_seconds: dict[Gate, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
 
     def approvals_for(self, gate: str) -> int:
-        return self.required_approvals.get(gate, 1)  # type: ignore[call-overload]
+        return int(self.required_approvals.get(gate, 1))  # type: ignore[call-overload]
 
     def timeout_for(self, gate: str) -> float:
         return float(self.timeout_seconds.get(gate, DEFAULT_GATE_TIMEOUT_SECONDS))  # type: ignore[call-overload]
 
     @model_validator(mode="after")
     def _quorum_is_reachable(self) -> ApprovalPolicy:
-        if self.reviewers:
-            for gate, count in self.required_approvals.items():
-                if count > len(set(self.reviewers)):
-                    raise ValueError(
-                        f"required_approvals.{gate} is {count} but only {len(set(self.reviewers))} reviewers are allowed"
-                    )
+        allowed = len(set(self.reviewers))
+        for gate, count in self.required_approvals.items():
+            if self.reviewers and count > allowed:
+                raise ValueError(f"required_approvals.{gate} is {count} but only {allowed} reviewers are allowed")
         return self
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-import json
 import logging
 import os
 import sys
@@ -77,11 +76,12 @@ async def client_for(settings: Settings) -> Client:
 
 async def fetch_status(handle: WorkflowHandle[Any, Any]) -> RunStatusView:
     try:
-        return await handle.query("status", result_type=RunStatusView)
+        view: RunStatusView = await handle.query("status", result_type=RunStatusView)
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
             raise CliError(f"no run with id {handle.id!r}") from None
         raise
+    return view
 
 
 async def start_pipeline(client: Client, settings: Settings, request: PipelineRequest) -> WorkflowHandle[Any, Any]:
@@ -123,7 +123,9 @@ def auto_approver(request: PipelineRequest) -> GateHandler:
         reviewers = request.approval_policy.reviewers or ["auto-approver"]
         for reviewer in reviewers[: request.approval_policy.approvals_for(gate)]:
             console.print(f"[yellow]gate '{gate}'[/]: approved automatically as {reviewer}")
-            await handle.signal("review", ReviewDecision(gate=gate, reviewer=reviewer, approved=True, comment="--auto-approve"))
+            await handle.signal(
+                "review", ReviewDecision(gate=gate, reviewer=reviewer, approved=True, comment="--auto-approve")
+            )
 
     return approve
 
@@ -143,7 +145,9 @@ def person_at_the_gate(request: PipelineRequest) -> GateHandler:
             reviewer = await asyncio.to_thread(Prompt.ask, "reviewer", default=default, console=console)
             approved = await asyncio.to_thread(Confirm.ask, f"approve gate '{gate}'?", console=console)
             comment = await asyncio.to_thread(Prompt.ask, "comment", default="", console=console)
-            await handle.signal("review", ReviewDecision(gate=gate, reviewer=reviewer, approved=approved, comment=comment))
+            await handle.signal(
+                "review", ReviewDecision(gate=gate, reviewer=reviewer, approved=approved, comment=comment)
+            )
             if not approved:
                 break
 
@@ -353,7 +357,9 @@ def review(
 
 def main() -> None:
     """Console entry point; leaves without interpreter teardown (temporalio/sdk-python#300)."""
-    logging.basicConfig(level=os.environ.get("QUANTUM_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("QUANTUM_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s"
+    )
     code = 0
     try:
         result = app(standalone_mode=False)

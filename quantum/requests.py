@@ -34,7 +34,9 @@ def load_model(path: Path, model: type[BaseModel]) -> Any:
     try:
         data = yaml.safe_load(text) if path.suffix in {".yaml", ".yml"} else json.loads(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise RequestError(f"{path} is not valid {'YAML' if path.suffix in {'.yaml', '.yml'} else 'JSON'}: {err}") from None
+        raise RequestError(
+            f"{path} is not valid {'YAML' if path.suffix in {'.yaml', '.yml'} else 'JSON'}: {err}"
+        ) from None
     if not isinstance(data, dict):
         raise RequestError(f"{path} must hold an object with the request's fields, not {type(data).__name__}")
     try:

@@ -24,9 +24,7 @@ class Settings(BaseSettings):
     need in their constructors.
     """
 
-    model_config = SettingsConfigDict(
-        env_prefix="QUANTUM_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
-    )
+    model_config = SettingsConfigDict(env_prefix="QUANTUM_", env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     data_dir: Path = Field(default=Path("./.quantum"), description="Where the embedded stack keeps its state.")
 

@@ -81,11 +81,11 @@ async def nats_answers(url: str, timeout: float = 2) -> bool:
     host, port = _nats_host_port(url)
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return False
     try:
         banner = await asyncio.wait_for(reader.read(5), timeout)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return False
     finally:
         writer.close()
@@ -112,7 +112,10 @@ class _Process:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with self.log_file.open("ab") as out:
             self.proc = await asyncio.create_subprocess_exec(
-                *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
+                *self.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
             )
 
@@ -134,7 +137,7 @@ class _Process:
             os.killpg(proc.pid, signal.SIGTERM)
         try:
             await asyncio.wait_for(proc.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
@@ -144,7 +147,9 @@ class _Process:
         deadline = loop.time() + timeout
         while True:
             if self.exited:
-                raise StackError(f"{self.name} exited while starting; its log ({self.log_file}) ends:\n{self.log_tail()}")
+                raise StackError(
+                    f"{self.name} exited while starting; its log ({self.log_file}) ends:\n{self.log_tail()}"
+                )
             if await ready():  # type: ignore[misc]
                 return
             if loop.time() > deadline:
@@ -173,15 +178,27 @@ class TemporalDevServer:
         self.namespace = namespace
         self.binary = find_binary("temporal")
         argv = [
-            str(self.binary), "server", "start-dev",
-            "--ip", self.host, "--port", str(port),
-            "--log-level", "warn", "--namespace", namespace,
+            str(self.binary),
+            "server",
+            "start-dev",
+            "--ip",
+            self.host,
+            "--port",
+            str(port),
+            "--log-level",
+            "warn",
+            "--namespace",
+            namespace,
         ]
         if db_file is not None:
             db_file.parent.mkdir(parents=True, exist_ok=True)
             argv += [
-                "--db-filename", str(db_file),
-                "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal",
+                "--db-filename",
+                str(db_file),
+                "--sqlite-pragma",
+                "journal_mode=wal",
+                "--sqlite-pragma",
+                "synchronous=normal",
             ]
         argv += ["--headless"] if headless else ["--ui-port", str(self.ui_port), "--ui-disable-news-fetch"]
         self._process = _Process("Temporal dev server", argv, log_file)
@@ -202,8 +219,16 @@ class TemporalDevServer:
         if not await temporal_answers(self.address):
             return False
         proc = await asyncio.create_subprocess_exec(
-            str(self.binary), "operator", "namespace", "describe", "-n", self.namespace, "--address", self.address,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            str(self.binary),
+            "operator",
+            "namespace",
+            "describe",
+            "-n",
+            self.namespace,
+            "--address",
+            self.address,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
         )
         return await proc.wait() == 0
 
@@ -332,6 +357,4 @@ class EmbeddedStack:
         if not is_local_host(host):
             raise StackError(f"{what} at {host}:{port} does not answer; check it is up, or set {variable}")
         if port_in_use(_bind_ip(host), port):
-            raise StackError(
-                f"{host}:{port} is in use by something that is not {what}; stop it or set {variable}"
-            )
+            raise StackError(f"{host}:{port} is in use by something that is not {what}; stop it or set {variable}")

@@ -9,8 +9,8 @@ from temporalio.exceptions import FailureError
 with workflow.unsafe.imports_passed_through():
     from agents.deploy import DeployAgent
     from agents.models import (
-        Deployment,
         DeployInput,
+        Deployment,
         ExecuteTestsInput,
         GenerateCodeInput,
         GeneratedCode,
@@ -120,9 +120,7 @@ class DevSecOpsPipelineWorkflow:
         if report.timed_out:
             raise self._run.fail_stage("execute_tests", "the tests did not finish within their time limit")
         if report.failed or report.errors:
-            raise self._run.fail_stage(
-                "execute_tests", f"{report.failed} tests failed and {report.errors} errored"
-            )
+            raise self._run.fail_stage("execute_tests", f"{report.failed} tests failed and {report.errors} errored")
         if report.passed == 0:
             raise self._run.fail_stage("execute_tests", "no test ran")
         minimum = request.test_policy.min_coverage
@@ -148,7 +146,7 @@ class DevSecOpsPipelineWorkflow:
             lambda: workflow.execute_activity_method(DeployAgent.rollback, ref, **presets.COMPENSATION),
         )
         inp = DeployInput(run_id=ref.run_id, project=request.project, environment=request.environment, release=release)
-        deployment = await workflow.execute_activity_method(DeployAgent.deploy, inp, **presets.INFRA)
+        deployment: Deployment = await workflow.execute_activity_method(DeployAgent.deploy, inp, **presets.INFRA)
         self._run.view.outputs["deployment_url"] = deployment.url
         return deployment
 

@@ -161,7 +161,7 @@ class Run:
             await workflow.wait_condition(
                 lambda: self.view.gates[gate] != "pending", timeout=timedelta(seconds=timeout)
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.view.gates[gate] = "timed_out"
         finally:
             self.view.pending_gate = None

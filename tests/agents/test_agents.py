@@ -110,9 +110,7 @@ async def test_generate_validate_fingerprint_and_cleanup(workspaces: Workspaces)
 
 
 async def test_source_files_are_written_and_checked(workspaces: Workspaces) -> None:
-    agent, rid, code = await generate(
-        workspaces, PROMPTS["semver"], source={"pkg/helpers.py": "def broken(:\n"}
-    )
+    agent, rid, code = await generate(workspaces, PROMPTS["semver"], source={"pkg/helpers.py": "def broken(:\n"})
     assert {f.path for f in code.files} == {"demo_app.py", "pkg/helpers.py"}
     validation = await env.run(agent.validate_code, RunRef(run_id=rid))
     assert not validation.ok
@@ -159,9 +157,11 @@ async def test_each_pattern_passes_its_tests_in_the_sandbox(workspaces: Workspac
 async def test_a_broken_module_fails_its_tests(workspaces: Workspaces) -> None:
     _, rid, code = await generate(workspaces, PROMPTS["slugify"])
     module = workspaces.src(rid) / f"{code.module}.py"
-    module.write_text(module.read_text().replace('.lower()', ".upper()"))
+    module.write_text(module.read_text().replace(".lower()", ".upper()"))
     tester = TestgenAgent(workspaces, library, Sandbox())
-    await env.run(tester.generate_tests, GenerateTestsInput(run_id=rid, module=code.module, prompt="x", pattern="slugify"))
+    await env.run(
+        tester.generate_tests, GenerateTestsInput(run_id=rid, module=code.module, prompt="x", pattern="slugify")
+    )
     report = await env.run(tester.execute_tests, ExecuteTestsInput(run_id=rid, module=code.module))
     assert report.failed >= 3
     cleaned = await env.run(tester.cleanup_tests, RunRef(run_id=rid))
@@ -271,7 +271,10 @@ async def test_infra_plan_impact(tmp_path: Path, nats_url: str) -> None:
 async def test_provision_then_destroy_for_real(tmp_path: Path, nats_url: str) -> None:
     agent = InfraAgent(tmp_path / "infra", nats_url)
     project, rid = f"p{uuid.uuid4().hex[:6]}", run_id()
-    specs = [ResourceSpec(kind="directory", name="files"), ResourceSpec(kind="stream", name="jobs", subjects=[f"{project}.jobs.>"])]
+    specs = [
+        ResourceSpec(kind="directory", name="files"),
+        ResourceSpec(kind="stream", name="jobs", subjects=[f"{project}.jobs.>"]),
+    ]
     plan = await env.run(agent.plan, plan_input(rid, project, "dev", *specs))
     result = await env.run(agent.provision, plan)
     again = await env.run(agent.provision, plan)  # idempotent
@@ -303,7 +306,7 @@ async def test_unreachable_nats_is_a_retryable_failure(tmp_path: Path) -> None:
     assert info.value.type == "ProvisionFailure" and not info.value.non_retryable
 
 
-# --- deploy and QSRE ----------------------------------------------------------------------------------------------------
+# --- deploy and QSRE --------------------------------------------------------------------------------------------
 
 
 def answers(url: str) -> bool:
@@ -364,4 +367,6 @@ async def test_monitoring_refuses_a_target_without_metrics(tmp_path: Path) -> No
             MonitoringInput(run_id=run_id(), project="d", environment="dev", deployment_url=f"http://127.0.0.1:{port}"),
         )
     assert info.value.type == "ToolFailure"
-    assert not (tmp_path / "monitoring" / "targets").exists() or not any((tmp_path / "monitoring" / "targets").iterdir())
+    assert not (tmp_path / "monitoring" / "targets").exists() or not any(
+        (tmp_path / "monitoring" / "targets").iterdir()
+    )

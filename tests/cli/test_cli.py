@@ -130,8 +130,20 @@ def test_up_serves_everything_and_the_cli_drives_a_run(stack_up: dict[str, str],
     metrics_port = int(env["QUANTUM_METRICS_PORT"])
     assert answers(metrics_port)
 
-    started = quantum(env, "pipeline", "request", "--prompt", "an LRU cache for sessions", "--project", "sessions",
-                      "--environment", "prod", "--requested-by", "ann", "--no-follow")
+    started = quantum(
+        env,
+        "pipeline",
+        "request",
+        "--prompt",
+        "an LRU cache for sessions",
+        "--project",
+        "sessions",
+        "--environment",
+        "prod",
+        "--requested-by",
+        "ann",
+        "--no-follow",
+    )
     assert started.returncode == 0, started.stderr + started.stdout
     run_id = next(w for w in started.stdout.split() if w.startswith("pipeline-"))
 

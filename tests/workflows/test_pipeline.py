@@ -14,7 +14,7 @@ from temporalio.exceptions import ApplicationError, CancelledError
 
 from agents.workspace import Workspaces
 from events.models import ReviewDecision
-from workflows.models import PIPELINE_STAGES, PipelineResult
+from workflows.models import PIPELINE_STAGES
 
 from .conftest import Harness, failing, status, wait_for, wait_for_gate
 

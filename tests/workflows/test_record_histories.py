@@ -55,11 +55,19 @@ async def test_record(harness: Harness) -> None:
             await handle.result()
         await save(handle, "pipeline-cancelled")
 
-        handle = await harness.start("CodeGenerationWorkflow", {"project": "slugs", "prompt": "a slugify helper", "requested_by": "alice"}, prefix="codegen")
+        handle = await harness.start(
+            "CodeGenerationWorkflow",
+            {"project": "slugs", "prompt": "a slugify helper", "requested_by": "alice"},
+            prefix="codegen",
+        )
         await handle.result()
         await save(handle, "codegen-succeeded")
 
-        handle = await harness.start("InfraProvisionWorkflow", {"project": f"{harness.project}-c", "requested_by": "alice", "resources": infra}, prefix="infra")
+        handle = await harness.start(
+            "InfraProvisionWorkflow",
+            {"project": f"{harness.project}-c", "requested_by": "alice", "resources": infra},
+            prefix="infra",
+        )
         await handle.result()
         await save(handle, "infra-succeeded")
 

@@ -10,7 +10,7 @@ from temporalio.exceptions import ApplicationError
 from agents.models import InfraPlan
 from agents.workspace import Workspaces
 from events.models import ReviewDecision
-from workflows.models import CODEGEN_STAGES, PipelineResult
+from workflows.models import CODEGEN_STAGES
 
 from .conftest import Harness, failing, status, wait_for_gate
 from .test_pipeline import stream_exists
@@ -71,7 +71,9 @@ async def test_code_generation_failure_cleans_up(harness: Harness) -> None:
 async def test_infra_provisioning_on_its_own(harness: Harness) -> None:
     async with harness.worker():
         handle = await harness.start(
-            "InfraProvisionWorkflow", {"project": harness.project, "requested_by": "alice", "resources": RESOURCES}, prefix="infra"
+            "InfraProvisionWorkflow",
+            {"project": harness.project, "requested_by": "alice", "resources": RESOURCES},
+            prefix="infra",
         )
         result = await handle.result()
     assert result.status == "succeeded"
@@ -105,7 +107,9 @@ async def test_infra_provision_failure_destroys_what_was_provisioned(harness: Ha
 
     async with harness.worker(half_applied):
         handle = await harness.start(
-            "InfraProvisionWorkflow", {"project": harness.project, "requested_by": "alice", "resources": RESOURCES}, prefix="infra"
+            "InfraProvisionWorkflow",
+            {"project": harness.project, "requested_by": "alice", "resources": RESOURCES},
+            prefix="infra",
         )
         with pytest.raises(WorkflowFailureError) as info:
             await handle.result()

@@ -10,8 +10,6 @@ from typing import Any
 
 import pytest
 
-from workflows.models import PipelineResult
-
 from .conftest import Harness, wait_for_gate
 
 pytestmark = pytest.mark.workflow
@@ -21,8 +19,14 @@ TEMPORAL = Path(sys.executable).parent / "temporal"
 
 async def temporal_cli(address: str, *args: str) -> Any:
     proc = await asyncio.create_subprocess_exec(
-        str(TEMPORAL), *args, "--address", address, "--output", "json",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        str(TEMPORAL),
+        *args,
+        "--address",
+        address,
+        "--output",
+        "json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
@@ -49,8 +53,15 @@ async def test_temporal_cli_signals_review_and_queries_status(harness: Harness, 
 
         review = {"gate": "deploy", "reviewer": "bob", "approved": True, "comment": "from the temporal CLI"}
         await temporal_cli(
-            temporal_address, "workflow", "signal", "--workflow-id", handle.id, "--name", "review",
-            "--input", json.dumps(review),
+            temporal_address,
+            "workflow",
+            "signal",
+            "--workflow-id",
+            handle.id,
+            "--name",
+            "review",
+            "--input",
+            json.dumps(review),
         )
         result = await handle.result()
         assert result.status == "succeeded"

@@ -93,17 +93,13 @@ class Sandbox:
         ]
         for key, value in env.items():
             argv += ["--setenv", key, value]
+        # mounts apply in order: the fresh /tmp first, so an interpreter or venv under /tmp is still bound
+        argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
         for path in ("/usr", "/bin", "/lib", "/lib64", "/lib32", "/etc/alternatives", "/etc/ssl"):
             argv += ["--ro-bind-try", path, path]
         for prefix in sorted({sys.prefix, sys.base_prefix, str(Path(sys.executable).resolve().parents[1])}):
             argv += ["--ro-bind-try", prefix, prefix]
         argv += [
-            "--proc",
-            "/proc",
-            "--dev",
-            "/dev",
-            "--tmpfs",
-            "/tmp",
             "--bind",
             str(workspace),
             SANDBOX_MOUNT,

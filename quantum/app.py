@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
+import nats
+from nats.aio.client import Client as NATS
 from temporalio.client import Client
 
+from events.bridge import Bridge
+from events.streams import ensure_streams
 from quantum.client import connect
 from quantum.metrics import serve_metrics
 from quantum.settings import Settings
@@ -22,27 +27,60 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Running:
-    """What ``running()`` brought up: where each part is and the connected client."""
+    """What ``running()`` brought up: where each part is and the connected clients."""
 
     stack: EmbeddedStack
     client: Client
+    nc: NATS
     agents: Agents
     metrics_url: str | None
 
 
+async def connect_nats(url: str) -> NATS:
+    """Connect to NATS (a comma-separated URL list is a cluster)."""
+    return await nats.connect(servers=[s.strip() for s in url.split(",")], connect_timeout=5, max_reconnect_attempts=-1)
+
+
+@asynccontextmanager
+async def bridge_running(nc: NATS, client: Client, settings: Settings) -> AsyncIterator[Bridge]:
+    """Run the inbound bridge in the background; stop it cleanly (no fetch left in flight) on exit."""
+    bridge = Bridge(nc, client, settings.bridge_config())
+    stop = asyncio.Event()
+    await bridge.ensure_consumer()
+    task = asyncio.create_task(bridge.run(stop), name="quantum-bridge")
+    try:
+        yield bridge
+    finally:
+        stop.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), 5)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
 @asynccontextmanager
 async def running(
-    settings: Settings, *, with_worker: bool = True, with_metrics: bool = True, say: Callable[[str], None] | None = None
+    settings: Settings,
+    *,
+    with_worker: bool = True,
+    with_bridge: bool = True,
+    with_metrics: bool = True,
+    say: Callable[[str], None] | None = None,
 ) -> AsyncIterator[Running]:
-    """Bring up the stack (starting embedded servers where needed), the worker and the metrics endpoint.
+    """Bring up the stack (embedded servers where needed), the streams, the worker, the bridge and metrics.
 
     Everything started here is stopped on exit, in reverse order, whatever ended the body.
     """
     async with AsyncExitStack() as exits:
         stack = await exits.enter_async_context(EmbeddedStack(settings, console_log=say))
         client = await connect(settings, address=stack.temporal_address)
+        nc = await connect_nats(stack.nats_url)
+        exits.push_async_callback(nc.close)
+        await ensure_streams(nc.jetstream(), settings.stream_limits())
         agents = build_agents(settings, nats_url=stack.nats_url)
-        exits.callback(agents.close)
+        exits.push_async_callback(agents.close)
         metrics_url = None
         if with_metrics:
             server = serve_metrics(settings.metrics_port)
@@ -51,7 +89,9 @@ async def running(
         if with_worker:
             worker = new_worker(client, agents.activities(), task_queue=settings.task_queue)
             await exits.enter_async_context(worker)
-        yield Running(stack=stack, client=client, agents=agents, metrics_url=metrics_url)
+        if with_bridge:
+            await exits.enter_async_context(bridge_running(nc, client, settings))
+        yield Running(stack=stack, client=client, nc=nc, agents=agents, metrics_url=metrics_url)
 
 
 async def wait_for_stop_signal() -> None:

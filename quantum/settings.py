@@ -9,6 +9,9 @@ from urllib.parse import urlparse
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from events.bridge import BridgeConfig
+from events.streams import StreamLimits
+
 TASK_QUEUE = "quantum-workflows"
 """The one task queue every workflow and activity of the product is registered on (a contract)."""
 
@@ -37,6 +40,17 @@ class Settings(BaseSettings):
 
     nats_url: str = DEFAULT_NATS_URL
 
+    event_duplicate_window_seconds: float = Field(default=120.0, gt=0)
+    events_max_age_seconds: float = Field(default=7 * 24 * 3600, gt=0)
+    events_max_bytes: int = Field(default=1024**3, gt=0)
+    dlq_max_age_seconds: float = Field(default=30 * 24 * 3600, gt=0)
+    dlq_max_bytes: int = Field(default=256 * 1024**2, gt=0)
+    max_event_bytes: int = Field(default=256 * 1024, gt=0, description="Larger inbound events go to the DLQ.")
+    bridge_consumer: str = "quantum-bridge"
+    bridge_batch: int = Field(default=64, ge=1, le=1000)
+    bridge_max_deliver: int = Field(default=20, ge=2)
+    bridge_ack_wait_seconds: float = Field(default=30.0, gt=0)
+
     qdrant_url: str = ""
     qdrant_api_key: SecretStr | None = None
 
@@ -50,6 +64,25 @@ class Settings(BaseSettings):
 
     test_timeout_seconds: float = Field(default=180.0, gt=0, description="Wall-clock limit of one test run.")
     deploy_host: str = "127.0.0.1"
+
+    def stream_limits(self) -> StreamLimits:
+        return StreamLimits(
+            duplicate_window_seconds=self.event_duplicate_window_seconds,
+            events_max_age_seconds=self.events_max_age_seconds,
+            events_max_bytes=self.events_max_bytes,
+            dlq_max_age_seconds=self.dlq_max_age_seconds,
+            dlq_max_bytes=self.dlq_max_bytes,
+        )
+
+    def bridge_config(self) -> BridgeConfig:
+        return BridgeConfig(
+            task_queue=self.task_queue,
+            consumer=self.bridge_consumer,
+            batch=self.bridge_batch,
+            max_deliver=self.bridge_max_deliver,
+            ack_wait_seconds=self.bridge_ack_wait_seconds,
+            max_event_bytes=self.max_event_bytes,
+        )
 
     @cached_property
     def data_path(self) -> Path:

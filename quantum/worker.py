@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from temporalio import activity
@@ -19,6 +19,7 @@ from agents.security import SecurityAgent
 from agents.sre import SREAgent
 from agents.testgen import TestgenAgent
 from agents.workspace import Workspaces
+from events.publisher import EventPublisher
 from quantum.settings import Settings
 from workflows import WORKFLOWS
 
@@ -33,7 +34,7 @@ class Agents:
     infra: InfraAgent
     deploy: DeployAgent
     sre: SREAgent
-    extra: list[Callable[..., Any]] = field(default_factory=list)
+    publisher: EventPublisher
 
     def activities(self) -> list[Callable[..., Any]]:
         gathered = [
@@ -43,13 +44,14 @@ class Agents:
             *self.infra.activities(),
             *self.deploy.activities(),
             *self.sre.activities(),
-            *self.extra,
+            *self.publisher.activities(),
         ]
         return check_unique(gathered)
 
-    def close(self) -> None:
-        """Stop what the agents keep running in this process (the embedded stack's deployments)."""
+    async def close(self) -> None:
+        """Stop what the agents keep running in this process (the embedded stack's deployments), disconnect."""
         self.deploy.stop_all()
+        await self.publisher.close()
 
 
 def build_agents(settings: Settings, *, nats_url: str | None = None) -> Agents:
@@ -64,6 +66,7 @@ def build_agents(settings: Settings, *, nats_url: str | None = None) -> Agents:
         infra=InfraAgent(data / "infra", nats_url or settings.nats_url),
         deploy=DeployAgent(workspaces, data / "deployments", host=settings.deploy_host),
         sre=SREAgent(data / "monitoring"),
+        publisher=EventPublisher(nats_url or settings.nats_url),
     )
 
 

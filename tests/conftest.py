@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -68,9 +69,23 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 proc.kill()
                 raise RuntimeError("nats-server did not start") from None
             time.sleep(0.05)
-    yield f"nats://127.0.0.1:{port}"
+    url = f"nats://127.0.0.1:{port}"
+    asyncio.run(_ensure_streams(url))
+    yield url
     proc.terminate()
     proc.wait(timeout=10)
+
+
+async def _ensure_streams(url: str) -> None:
+    import nats
+
+    from events.streams import ensure_streams
+
+    nc = await nats.connect(url)
+    try:
+        await ensure_streams(nc.jetstream())
+    finally:
+        await nc.close()
 
 
 _exit_status = 0

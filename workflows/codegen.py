@@ -63,7 +63,7 @@ class CodeGenerationWorkflow:
             workflow="CodeGenerationWorkflow",
             stages=dict.fromkeys(CODEGEN_STAGES, "pending"),
         )
-        self._run = Run(view, policy=ApprovalPolicy(), requester=request.requested_by)
+        self._run = Run(view, policy=ApprovalPolicy(), requester=request.requested_by, project=request.project)
 
     @workflow.run
     async def run(self, request: CodeRequest) -> PipelineResult:

@@ -64,7 +64,13 @@ class InfraProvisionWorkflow:
             workflow="InfraProvisionWorkflow",
             stages=dict.fromkeys(INFRA_STAGES, "pending"),
         )
-        self._run = Run(view, policy=request.approval_policy, requester=request.requested_by)
+        self._run = Run(
+            view,
+            policy=request.approval_policy,
+            requester=request.requested_by,
+            project=request.project,
+            environment=request.environment,
+        )
 
     @workflow.run
     async def run(self, request: InfraRequest) -> PipelineResult:

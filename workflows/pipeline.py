@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pydantic
 from temporalio import workflow
-from temporalio.exceptions import FailureError
+from temporalio.exceptions import FailureError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from agents.deploy import DeployAgent
@@ -43,7 +45,13 @@ class DevSecOpsPipelineWorkflow:
             workflow="DevSecOpsPipelineWorkflow",
             stages=dict.fromkeys(PIPELINE_STAGES, "pending"),
         )
-        self._run = Run(view, policy=request.approval_policy, requester=request.requested_by)
+        self._run = Run(
+            view,
+            policy=request.approval_policy,
+            requester=request.requested_by,
+            project=request.project,
+            environment=request.environment,
+        )
 
     @workflow.run
     async def run(self, request: PipelineRequest) -> PipelineResult:
@@ -161,18 +169,20 @@ class DevSecOpsPipelineWorkflow:
         inp = MonitoringInput(
             run_id=ref.run_id, project=request.project, environment=request.environment, deployment_url=deployment.url
         )
-        run.view.stage = "setup_monitoring"
-        run.view.stages["setup_monitoring"] = "running"
+        run.started("setup_monitoring")
         try:
             setup = await workflow.execute_activity_method(SREAgent.setup_monitoring, inp, **presets.QUICK)
         except FailureError as err:
-            run.view.stages["setup_monitoring"] = "failed"
-            run.view.warnings.append(f"setup_monitoring failed: {failure_message(err)}")
+            if is_cancelled_exception(err):
+                raise asyncio.CancelledError(str(err)) from err
+            warning = f"setup_monitoring failed: {failure_message(err)}"
+            run.view.warnings.append(warning)
             run.view.outputs["monitoring"] = "failed"
+            await run.failed("setup_monitoring", warning)
             return
-        run.view.stages["setup_monitoring"] = "succeeded"
         run.view.outputs["monitoring"] = setup.target
         run.on_failure(
             "teardown_monitoring",
             lambda: workflow.execute_activity_method(SREAgent.teardown_monitoring, ref, **presets.COMPENSATION),
         )
+        await run.succeeded("setup_monitoring")

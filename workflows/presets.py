@@ -36,3 +36,15 @@ COMPENSATION: dict[str, Any] = {
     ),
 }
 """Undoing a step: a few quick retries, then the failure is recorded and the next compensation runs."""
+
+PUBLISH: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "schedule_to_close_timeout": timedelta(minutes=5),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(milliseconds=500),
+        backoff_coefficient=2.0,
+        maximum_interval=timedelta(seconds=10),
+        non_retryable_error_types=["InvalidEvent"],
+    ),
+}
+"""Publishing an outbound event: retried for up to five minutes, then the run carries on with a warning."""

@@ -20,10 +20,26 @@ from temporalio.exceptions import (
 )
 
 with workflow.unsafe.imports_passed_through():
+    from pydantic import BaseModel
+
+    from events.catalog import (
+        CompensationCompleted,
+        PipelineCompleted,
+        PipelineFailed,
+        PipelineStarted,
+        ReviewRequested,
+        StageCompleted,
+        StageFailed,
+    )
     from events.models import GATES, ApprovalPolicy, ReviewDecision
+    from events.publisher import EventPublisher, PublishEventInput
+    from workflows import presets
     from workflows.models import AuditEntry, CompensationRecord, GateState, RunStatus, RunStatusView
 
 T = TypeVar("T")
+
+OUTBOUND_EVENTS_PATCH = "outbound-events"
+"""Runs recorded before outbound events existed replay without them."""
 
 
 class RunStopped(Exception):
@@ -49,34 +65,80 @@ def failure_message(err: BaseException) -> str:
 class Run:
     """One workflow run's state: what the ``status`` query shows, its compensations and its gates."""
 
-    def __init__(self, view: RunStatusView, *, policy: ApprovalPolicy, requester: str) -> None:
+    def __init__(
+        self,
+        view: RunStatusView,
+        *,
+        policy: ApprovalPolicy,
+        requester: str,
+        project: str,
+        environment: str | None = None,
+    ) -> None:
         self.view = view
         self.policy = policy
         self.requester = requester
+        self.project = project
+        self.environment = environment
         self._compensations: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
+
+    # --- outbound events ---------------------------------------------------------------------------------------
+
+    async def announce(self, event_type: str, step: str, data: BaseModel) -> None:
+        """Publish an outbound event through the publisher activity; a failure to publish is a warning."""
+        if not workflow.patched(OUTBOUND_EVENTS_PATCH):
+            return
+        inp = PublishEventInput(
+            type=event_type, data=data.model_dump(mode="json"), workflow_id=self.view.pipeline_id, step=step
+        )
+        try:
+            await workflow.execute_activity_method(EventPublisher.publish, inp, **presets.PUBLISH)
+        except FailureError as err:
+            if is_cancelled_exception(err):
+                raise asyncio.CancelledError(str(err)) from err
+            self.view.warnings.append(f"event {event_type} ({step}) was not published: {failure_message(err)}")
 
     # --- stages ------------------------------------------------------------------------------------------------
 
     async def stage(self, name: str, step: Callable[[], Awaitable[T]]) -> T:
         """Run one stage, keeping its state in the view; an activity failure stops the run as ``failed``."""
-        self.view.stage = name
-        self.view.stages[name] = "running"
+        self.started(name)
         try:
             result = await step()
         except asyncio.CancelledError:
             self.view.stages[name] = "cancelled"
             raise
-        except RunStopped:
-            self.view.stages[name] = "failed"
+        except RunStopped as stopped:
+            await self.failed(name, stopped.message)
             raise
         except FailureError as err:
             if is_cancelled_exception(err):
                 self.view.stages[name] = "cancelled"
                 raise asyncio.CancelledError(str(err)) from err
-            self.view.stages[name] = "failed"
-            raise RunStopped("failed", f"{name} failed: {failure_message(err)}") from err
-        self.view.stages[name] = "succeeded"
+            failed = RunStopped("failed", f"{name} failed: {failure_message(err)}")
+            await self.failed(name, failed.message)
+            raise failed from err
+        await self.succeeded(name)
         return result
+
+    def started(self, name: str) -> None:
+        self.view.stage = name
+        self.view.stages[name] = "running"
+
+    async def succeeded(self, name: str) -> None:
+        self.view.stages[name] = "succeeded"
+        await self.announce(
+            "quantum.stage.completed",
+            f"stage.{name}.completed",
+            StageCompleted(pipeline_id=self.view.pipeline_id, stage=name),
+        )
+
+    async def failed(self, name: str, error: str) -> None:
+        self.view.stages[name] = "failed"
+        await self.announce(
+            "quantum.stage.failed",
+            f"stage.{name}.failed",
+            StageFailed(pipeline_id=self.view.pipeline_id, stage=name, error=error),
+        )
 
     def skip(self, name: str) -> None:
         self.view.stages[name] = "skipped"
@@ -101,11 +163,15 @@ class Run:
                 await undo()
             except FailureError as err:
                 workflow.logger.warning("compensation %s failed: %s", step, failure_message(err))
-                self.view.compensations.append(
-                    CompensationRecord(step=step, outcome="failed", error=failure_message(err))
-                )
+                record = CompensationRecord(step=step, outcome="failed", error=failure_message(err))
             else:
-                self.view.compensations.append(CompensationRecord(step=step, outcome="completed"))
+                record = CompensationRecord(step=step, outcome="completed")
+            self.view.compensations.append(record)
+            await self.announce(
+                "quantum.compensation.completed",
+                f"compensation.{step}",
+                CompensationCompleted(pipeline_id=self.view.pipeline_id, **record.model_dump()),
+            )
 
     # --- gates -------------------------------------------------------------------------------------------------
 
@@ -157,6 +223,18 @@ class Run:
         self.view.status = "awaiting_review"
         self.view.outputs[f"{gate}_gate_reason"] = reason
         timeout = self.policy.timeout_for(gate)
+        await self.announce(
+            "quantum.review.requested",
+            f"review.{gate}.requested",
+            ReviewRequested(
+                pipeline_id=self.view.pipeline_id,
+                gate=gate,
+                reason=reason,
+                reviewers=list(self.policy.reviewers),
+                required_approvals=self.policy.approvals_for(gate),
+                timeout_seconds=timeout,
+            ),
+        )
         try:
             await workflow.wait_condition(
                 lambda: self.view.gates[gate] != "pending", timeout=timedelta(seconds=timeout)
@@ -180,25 +258,53 @@ class Run:
 
     async def execute(self, body: Callable[[], Awaitable[T]]) -> T:
         """Run the workflow body; on a stop or a cancellation compensate, then close with the right status."""
+        view = self.view
         try:
+            await self.announce(
+                "quantum.pipeline.started",
+                "started",
+                PipelineStarted(
+                    pipeline_id=view.pipeline_id,
+                    workflow=view.workflow,
+                    project=self.project,
+                    requested_by=self.requester,
+                    environment=self.environment,
+                ),
+            )
             result = await body()
         except RunStopped as stop:
-            self.view.error = stop.message
-            await self.compensate()
-            self.view.status = stop.status
-            self.view.stage = None
+            await self._close(stop.status, stop.message)
             raise ApplicationError(
-                stop.message, self.view.model_dump(mode="json"), type=_FAILURE_TYPES[stop.status], non_retryable=True
+                stop.message, view.model_dump(mode="json"), type=_FAILURE_TYPES[stop.status], non_retryable=True
             ) from None
         except asyncio.CancelledError:
-            self.view.error = "cancelled"
-            await self.compensate()
-            self.view.status = "cancelled"
-            self.view.stage = None
+            await self._close("cancelled", "cancelled")
             raise
-        self.view.status = "succeeded"
-        self.view.stage = None
+        view.status = "succeeded"
+        view.stage = None
+        await self.announce(
+            "quantum.pipeline.completed",
+            "completed",
+            PipelineCompleted(pipeline_id=view.pipeline_id, status="succeeded", outputs=dict(view.outputs)),
+        )
         return result
+
+    async def _close(self, status: RunStatus, error: str) -> None:
+        """Compensate, set the final status, and announce how the run ended."""
+        self.view.error = error
+        await self.compensate()
+        self.view.status = status
+        self.view.stage = None
+        await self.announce(
+            "quantum.pipeline.failed",
+            "failed",
+            PipelineFailed(
+                pipeline_id=self.view.pipeline_id,
+                status=status,
+                error=error,
+                compensations=[c.model_dump() for c in self.view.compensations],
+            ),
+        )
 
 
 _FAILURE_TYPES: dict[str, str] = {

@@ -99,4 +99,4 @@ async def harness(client: Client, nats_url: str, tmp_path: Path) -> AsyncIterato
     try:
         yield Harness(client, settings, agents)
     finally:
-        agents.close()
+        await agents.close()

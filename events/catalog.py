@@ -1,0 +1,181 @@
+"""Every event type the product accepts or announces, with the model of its ``data``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from events.envelope import CloudEvent, InvalidEvent, UnknownEventType, describe
+from events.models import CodeRequest, InfraRequest, PipelineRequest, ReviewDecision
+
+RunId = str
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ReviewSubmitted(ReviewDecision):
+    """``quantum.review.submitted``: a review of a run's gate, turned into the ``review`` signal."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pipeline_id: RunId = Field(min_length=1)
+
+    def decision(self) -> ReviewDecision:
+        return ReviewDecision(gate=self.gate, reviewer=self.reviewer, approved=self.approved, comment=self.comment)
+
+
+class CancelRequested(_Data):
+    """``quantum.pipeline.cancel_requested``: cancel a run; its compensations run."""
+
+    pipeline_id: RunId = Field(min_length=1)
+    requested_by: str = Field(min_length=1)
+    reason: str = ""
+
+
+class PipelineStarted(_Data):
+    pipeline_id: RunId
+    workflow: str
+    project: str
+    requested_by: str
+    environment: str | None = None
+
+
+class StageCompleted(_Data):
+    pipeline_id: RunId
+    stage: str
+    outputs: dict[str, Any] = Field(default_factory=dict)
+
+
+class StageFailed(_Data):
+    pipeline_id: RunId
+    stage: str
+    error: str
+
+
+class ReviewRequested(_Data):
+    pipeline_id: RunId
+    gate: str
+    reason: str
+    reviewers: list[str] = Field(default_factory=list)
+    required_approvals: int = 1
+    timeout_seconds: float
+
+
+class CompensationCompleted(_Data):
+    pipeline_id: RunId
+    step: str
+    outcome: Literal["completed", "failed"]
+    error: str | None = None
+
+
+class PipelineCompleted(_Data):
+    pipeline_id: RunId
+    status: Literal["succeeded"]
+    outputs: dict[str, Any] = Field(default_factory=dict)
+
+
+class PipelineFailed(_Data):
+    pipeline_id: RunId
+    status: Literal["failed", "rejected", "timed_out", "cancelled"]
+    error: str
+    compensations: list[dict[str, Any]] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EventType:
+    """One event type: its name, the model of its data, and for inbound ones what it does."""
+
+    name: str
+    data: type[BaseModel]
+    direction: Literal["inbound", "outbound"]
+    summary: str
+    workflow: str | None = None
+    id_prefix: str | None = None
+
+
+INBOUND: dict[str, EventType] = {
+    t.name: t
+    for t in (
+        EventType(
+            "quantum.pipeline.requested",
+            PipelineRequest,
+            "inbound",
+            "Start a DevSecOps pipeline run.",
+            "DevSecOpsPipelineWorkflow",
+            "pipeline",
+        ),
+        EventType(
+            "quantum.code.requested",
+            CodeRequest,
+            "inbound",
+            "Generate code on its own.",
+            "CodeGenerationWorkflow",
+            "codegen",
+        ),
+        EventType(
+            "quantum.infra.requested",
+            InfraRequest,
+            "inbound",
+            "Provision infrastructure on its own.",
+            "InfraProvisionWorkflow",
+            "infra",
+        ),
+        EventType(
+            "quantum.review.submitted",
+            ReviewSubmitted,
+            "inbound",
+            "Approve or reject a gate of a run (becomes the `review` signal).",
+        ),
+        EventType(
+            "quantum.pipeline.cancel_requested",
+            CancelRequested,
+            "inbound",
+            "Cancel a run; what it did is compensated.",
+        ),
+    )
+}
+
+OUTBOUND: dict[str, EventType] = {
+    t.name: t
+    for t in (
+        EventType("quantum.pipeline.started", PipelineStarted, "outbound", "A run started."),
+        EventType("quantum.stage.completed", StageCompleted, "outbound", "A stage succeeded."),
+        EventType("quantum.stage.failed", StageFailed, "outbound", "A stage failed."),
+        EventType("quantum.review.requested", ReviewRequested, "outbound", "A gate waits for reviews."),
+        EventType(
+            "quantum.compensation.completed",
+            CompensationCompleted,
+            "outbound",
+            "A compensation ran (completed or failed).",
+        ),
+        EventType("quantum.pipeline.completed", PipelineCompleted, "outbound", "A run succeeded."),
+        EventType(
+            "quantum.pipeline.failed",
+            PipelineFailed,
+            "outbound",
+            "A run ended failed, rejected, timed out or cancelled.",
+        ),
+    )
+}
+
+ALL: dict[str, EventType] = {**INBOUND, **OUTBOUND}
+
+
+def inbound_data(event: CloudEvent) -> tuple[EventType, BaseModel]:
+    """The inbound type of ``event`` and its validated data; an :class:`EventError` when either is wrong."""
+    kind = INBOUND.get(event.type)
+    if kind is None:
+        raise UnknownEventType(f"unknown event type {event.type!r}; accepted: {', '.join(INBOUND)}")
+    try:
+        return kind, kind.data.model_validate(event.data)
+    except ValidationError as err:
+        raise InvalidEvent(describe(err, prefix="data.")) from None
+
+
+def workflow_id(kind: EventType, event_id: str) -> str:
+    """``pipeline-<event id>`` and the like: a redelivered or duplicated event never starts a second run."""
+    return f"{kind.id_prefix}-{event_id}"

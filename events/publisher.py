@@ -1,0 +1,93 @@
+"""The outbound publisher: an activity that announces a run's domain events on the bus exactly once.
+
+The event id, and so the JetStream ``Nats-Msg-Id``, is derived from the workflow id and the step, so a retried
+activity (or a replayed workflow) publishes a duplicate that JetStream drops within the duplicate window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+from prometheus_client import Counter
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from events.catalog import OUTBOUND
+from events.envelope import describe, new_event
+
+SOURCE = "quantum-suite"
+PUBLISHED = Counter("quantum_events_published_total", "Outbound events published", ["type", "duplicate"])
+
+
+class PublishEventInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    data: dict[str, Any]
+    workflow_id: str
+    step: str = Field(description="Unique within the run: the event id is <workflow id>.<step>.")
+
+
+class PublishedEvent(BaseModel):
+    id: str
+    subject: str
+    stream_sequence: int
+    duplicate: bool
+
+
+def event_id(workflow_id: str, step: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._:-]", "_", f"{workflow_id}.{step}")
+
+
+class EventPublisher:
+    """Publishes outbound CloudEvents to JetStream over one NATS connection, opened on first use."""
+
+    def __init__(self, nats_url: str, *, source: str = SOURCE) -> None:
+        self.nats_url = nats_url
+        self.source = source
+        self._nc: NATS | None = None
+        self._lock = asyncio.Lock()
+
+    async def _connection(self) -> NATS:
+        async with self._lock:
+            if self._nc is None or self._nc.is_closed:
+                self._nc = await nats.connect(
+                    servers=[s.strip() for s in self.nats_url.split(",")], connect_timeout=5, max_reconnect_attempts=-1
+                )
+            return self._nc
+
+    @activity.defn(name="events.publish")
+    async def publish(self, inp: PublishEventInput) -> PublishedEvent:
+        kind = OUTBOUND.get(inp.type)
+        if kind is None:
+            raise ApplicationError(
+                f"{inp.type!r} is not an outbound event type", type="InvalidEvent", non_retryable=True
+            )
+        try:
+            data = kind.data.model_validate(inp.data)
+        except ValidationError as err:
+            raise ApplicationError(f"{inp.type}: {describe(err)}", type="InvalidEvent", non_retryable=True) from None
+        event = new_event(
+            inp.type, data, source=self.source, event_id=event_id(inp.workflow_id, inp.step), subject=inp.workflow_id
+        )
+        nc = await self._connection()
+        ack = await nc.jetstream().publish(
+            event.nats_subject, event.to_bytes(), headers={"Nats-Msg-Id": event.id}, timeout=10
+        )
+        PUBLISHED.labels(inp.type, str(bool(ack.duplicate)).lower()).inc()
+        return PublishedEvent(
+            id=event.id, subject=event.nats_subject, stream_sequence=ack.seq, duplicate=bool(ack.duplicate)
+        )
+
+    async def close(self) -> None:
+        if self._nc is not None and not self._nc.is_closed:
+            await self._nc.close()
+
+    def activities(self) -> list[Callable[..., Any]]:
+        return [self.publish]

@@ -16,6 +16,7 @@ import pytest
 from temporalio import activity
 from temporalio.client import Client, WorkflowHandle
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 
 from agents.infra import stream_name
 from events.models import PipelineRequest
@@ -79,12 +80,18 @@ async def wait_for(
 ) -> RunStatusView:
     """Poll the ``status`` query until ``predicate`` holds."""
     deadline = asyncio.get_running_loop().time() + timeout
+    view = None
     while True:
-        view = await status(handle)
-        if predicate(view):
+        try:
+            view = await status(handle)
+        except RPCError as err:  # not started yet (a start through the bus is asynchronous)
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+        if view is not None and predicate(view):
             return view
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s; last status: {view.model_dump_json()}")
+            last = view.model_dump_json() if view else "no run"
+            raise AssertionError(f"condition not met within {timeout} s; last status: {last}")
         await asyncio.sleep(0.2)
 
 

@@ -1,0 +1,139 @@
+"""Events end to end: review and cancel events reach runs, and runs announce themselves in order, once."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from nats.aio.client import Client as NATS
+from temporalio.client import WorkflowFailureError
+
+from events.catalog import OUTBOUND
+from events.envelope import new_event
+from events.publisher import EventPublisher, PublishEventInput
+from events.streams import EVENTS_STREAM
+
+from ..workflows.conftest import wait_for_gate
+from .conftest import Harness, RecordingBridge, bridge_config, bridge_running, publish, settled, wait_until
+
+pytestmark = pytest.mark.timeout(180)
+
+
+async def announced(nc: NATS, pipeline_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """(type, data) of every outbound event of ``pipeline_id`` in stream order."""
+    js = nc.jetstream()
+    info = await js.stream_info(EVENTS_STREAM)
+    found = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        msg = await js.get_msg(EVENTS_STREAM, seq)
+        event = json.loads(msg.data)
+        if event["type"] in OUTBOUND and event["data"]["pipeline_id"] == pipeline_id:
+            assert msg.headers["Nats-Msg-Id"] == event["id"]
+            found.append((event["type"], event["data"]))
+    return found
+
+
+async def test_a_run_announces_its_events_in_order(harness: Harness, nc: NATS) -> None:
+    async with harness.worker():
+        handle = await harness.start_pipeline()
+        await handle.result()
+    events = await announced(nc, handle.id)
+    assert [t for t, _ in events] == [
+        "quantum.pipeline.started",
+        *["quantum.stage.completed"] * 7,
+        "quantum.pipeline.completed",
+    ]
+    assert [d["stage"] for t, d in events if t == "quantum.stage.completed"] == [
+        "generate_code",
+        "generate_tests",
+        "execute_tests",
+        "security_scan",
+        "deploy_application",
+        "verify_deployment",
+        "setup_monitoring",
+    ]
+    assert events[0][1]["project"] == harness.project
+    assert events[-1][1]["outputs"]["provider"] == "offline-patterns"
+
+
+async def test_a_failed_run_announces_the_failure_and_each_compensation(harness: Harness, nc: NATS) -> None:
+    from ..workflows.conftest import failing
+
+    async with harness.worker(failing("deploy.verify")):
+        handle = await harness.start_pipeline()
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+    events = await announced(nc, handle.id)
+    assert [t for t, _ in events][-5:] == [
+        "quantum.stage.failed",
+        "quantum.compensation.completed",
+        "quantum.compensation.completed",
+        "quantum.compensation.completed",
+        "quantum.pipeline.failed",
+    ]
+    assert events[-5][1]["stage"] == "verify_deployment"
+    steps = [d["step"] for t, d in events if t == "quantum.compensation.completed"]
+    assert steps == ["rollback_deployment", "cleanup_tests", "cleanup_code"]
+    assert events[-1][1]["status"] == "failed"
+    assert [c["step"] for c in events[-1][1]["compensations"]] == steps
+
+
+async def test_a_retried_publish_is_published_once(nats_url: str, nc: NATS) -> None:
+    publisher = EventPublisher(nats_url)
+    inp = PublishEventInput(
+        type="quantum.stage.completed",
+        data={"pipeline_id": "pipeline-x", "stage": "generate_code"},
+        workflow_id="pipeline-x",
+        step="stage.generate_code.completed",
+    )
+    first = await publisher.publish(inp)
+    again = await publisher.publish(inp)
+    await publisher.close()
+    assert not first.duplicate and again.duplicate
+    assert first.id == again.id == "pipeline-x.stage.generate_code.completed"
+    assert (await nc.jetstream().stream_info(EVENTS_STREAM)).state.messages == 1
+
+
+async def test_review_and_cancel_events_reach_their_runs(harness: Harness, nc: NATS) -> None:
+    bridge = RecordingBridge(nc, harness.client, bridge_config(harness.task_queue))
+    async with harness.worker(), bridge_running(bridge):
+        request = new_event(
+            "quantum.pipeline.requested",
+            {
+                "project": harness.project,
+                "prompt": "an HTTP JSON service",
+                "requested_by": "alice",
+                "environment": "prod",
+            },
+            source="tests",
+        )
+        await publish(nc, request)
+        handle = harness.client.get_workflow_handle(f"pipeline-{request.id}")
+        await wait_for_gate(handle, "deploy")
+        review = {"pipeline_id": handle.id, "gate": "deploy", "reviewer": "bob", "approved": True, "comment": "ok"}
+        await publish(nc, new_event("quantum.review.submitted", review, source="tests"))
+        result = await handle.result()
+        assert result["status"] == "succeeded"
+
+        doomed = new_event(
+            "quantum.pipeline.requested",
+            {
+                "project": f"{harness.project}-b",
+                "prompt": "an HTTP JSON service",
+                "requested_by": "alice",
+                "environment": "prod",
+            },
+            source="tests",
+        )
+        await publish(nc, doomed)
+        doomed_handle = harness.client.get_workflow_handle(f"pipeline-{doomed.id}")
+        await wait_for_gate(doomed_handle, "deploy")
+        cancel = {"pipeline_id": doomed_handle.id, "requested_by": "alice", "reason": "changed my mind"}
+        await publish(nc, new_event("quantum.pipeline.cancel_requested", cancel, source="tests"))
+        with pytest.raises(WorkflowFailureError):
+            await doomed_handle.result()
+        await wait_until(lambda: settled(nc), what="all inbound events settled")
+        view = await doomed_handle.query("status")
+    assert view["status"] == "cancelled"
+    assert [c["step"] for c in view["compensations"]] == ["cleanup_tests", "cleanup_code"]

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -82,6 +83,7 @@ class BridgeConfig:
     ack_wait_seconds: float = 30.0
     max_event_bytes: int = 256 * 1024
     retry_delays: tuple[float, ...] = (0.5, 1, 2, 4, 8, 15)
+    rpc_timeout_seconds: float = 5.0
     inbound_subjects: tuple[str, ...] = field(default_factory=lambda: tuple(subject_for(t) for t in INBOUND))
 
 
@@ -104,6 +106,7 @@ class Bridge:
         self.temporal = temporal
         self.config = config or BridgeConfig()
         self._failures = 0
+        self._rpc_timeout = timedelta(seconds=self.config.rpc_timeout_seconds)
 
     async def ensure_consumer(self) -> None:
         """Create the durable consumer, or bring it up to this configuration."""
@@ -187,10 +190,12 @@ class Bridge:
     async def _act(self, kind: EventType, event: CloudEvent, data: BaseModel) -> Outcome:
         try:
             if isinstance(data, ReviewSubmitted):
-                await self._handle_for(data.pipeline_id).signal("review", data.decision())
+                await self._handle_for(data.pipeline_id).signal(
+                    "review", data.decision(), rpc_timeout=self._rpc_timeout
+                )
                 return Outcome.SIGNALLED
             if isinstance(data, CancelRequested):
-                await self._handle_for(data.pipeline_id).cancel()
+                await self._handle_for(data.pipeline_id).cancel(rpc_timeout=self._rpc_timeout)
                 return Outcome.CANCELLED
             assert kind.workflow is not None
             await self.temporal.start_workflow(
@@ -199,6 +204,7 @@ class Bridge:
                 id=workflow_id(kind, event.id),
                 task_queue=self.config.task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                rpc_timeout=self._rpc_timeout,
             )
             return Outcome.STARTED
         except WorkflowAlreadyStartedError:

@@ -55,7 +55,7 @@ async def test_a_bridge_killed_before_acknowledging_gives_one_run(nc: NATS, clie
 
     class DiesBeforeAck(RecordingBridge):
         async def _act(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-            outcome = await super()._act(*args, **kwargs)
+            await super()._act(*args, **kwargs)
             raise asyncio.CancelledError  # the process dies here: started, never acknowledged
 
     first = DiesBeforeAck(nc, client, bridge_config(task_queue))
@@ -158,7 +158,7 @@ async def test_an_event_that_exhausts_its_deliveries_is_dead_lettered(
     await stoppable_temporal.start()
     client = await Client.connect(stoppable_temporal.address, data_converter=pydantic_data_converter)
     await stoppable_temporal.stop()
-    bridge = RecordingBridge(nc, client, bridge_config(queue(), max_deliver=3, retry_delays=(0.1, 0.2)))
+    bridge = RecordingBridge(nc, client, bridge_config(queue(), max_deliver=3, retry_delays=(0.1, 0.2), rpc_timeout_seconds=1.0))
     event = pipeline_event()
     await publish(nc, event)
     async with bridge_running(bridge):

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import logging
 import os
 import sys
-import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
+import nats
 import typer
+from nats.aio.client import Client as NATS
 from pydantic import ValidationError
 from rich.console import Console
 from rich.live import Live
@@ -20,11 +22,14 @@ from rich.markup import escape
 from rich.prompt import Confirm, Prompt
 from rich.table import Table
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
-from temporalio.common import WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
+from events.envelope import EventError, new_event, parse_envelope
 from events.models import PipelineRequest, ReviewDecision
-from quantum.app import running, wait_for_stop_signal
+from events.schemas import catalogue, write_schemas
+from events.streams import DLQ_STREAM, EVENTS_STREAM, ensure_streams
+from quantum.app import bridge_running, running, wait_for_stop_signal
+from quantum.bus import BusError, Letter, dead_letters, publish_event, replay_dead_letter, tail
 from quantum.client import connect
 from quantum.metrics import MetricsError
 from quantum.requests import EXAMPLES, RequestError, describe_validation_error, load_model
@@ -38,6 +43,10 @@ T = TypeVar("T")
 app = typer.Typer(help="Quantum Suite: a DevSecOps saga orchestrator on Temporal and NATS.", no_args_is_help=True)
 pipeline_app = typer.Typer(help="Request, follow, list and cancel pipeline runs.", no_args_is_help=True)
 app.add_typer(pipeline_app, name="pipeline")
+events_app = typer.Typer(help="Publish, follow and describe the domain events on the bus.", no_args_is_help=True)
+app.add_typer(events_app, name="events")
+dlq_app = typer.Typer(help="Events the bridge could not use, kept with their reason.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -45,6 +54,7 @@ err_console = Console(stderr=True)
 PIPELINE_WORKFLOW = "DevSecOpsPipelineWorkflow"
 TERMINAL = {"succeeded", "failed", "rejected", "timed_out", "cancelled"}
 EXAMPLE_REQUEST = EXAMPLES / "pipeline.json"
+CLI_SOURCE = "quantum-cli"
 
 
 class CliError(Exception):
@@ -84,15 +94,43 @@ async def fetch_status(handle: WorkflowHandle[Any, Any]) -> RunStatusView:
     return view
 
 
-async def start_pipeline(client: Client, settings: Settings, request: PipelineRequest) -> WorkflowHandle[Any, Any]:
-    workflow_id = f"pipeline-{uuid.uuid4()}"
-    return await client.start_workflow(
-        PIPELINE_WORKFLOW,
-        request,
-        id=workflow_id,
-        task_queue=settings.task_queue,
-        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-    )
+async def request_pipeline(nc: NATS, settings: Settings, request: PipelineRequest) -> str:
+    """Publish ``quantum.pipeline.requested``; the bridge starts the run ``pipeline-<event id>``."""
+    event = new_event("quantum.pipeline.requested", request, source=CLI_SOURCE)
+    try:
+        await publish_event(nc, event, max_bytes=settings.max_event_bytes)
+    except BusError as err:
+        raise CliError(str(err)) from None
+    return f"pipeline-{event.id}"
+
+
+async def nats_for(settings: Settings) -> NATS:
+    try:
+        return await nats.connect(
+            servers=[s.strip() for s in settings.nats_url.split(",")], connect_timeout=3, allow_reconnect=False
+        )
+    except Exception as err:  # nats raises several unrelated types for an unreachable server
+        raise CliError(
+            f"NATS at {settings.nats_url} does not answer ({err or type(err).__name__}); start the stack with "
+            "`quantum up` or set QUANTUM_NATS_URL"
+        ) from None
+
+
+async def wait_for_run(handle: WorkflowHandle[Any, Any], timeout: float = 60) -> None:
+    """Wait until the bridge has started the run behind ``handle``."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            await handle.describe()
+            return
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+        if asyncio.get_running_loop().time() > deadline:
+            raise CliError(
+                f"no run {handle.id} after {timeout:g} s: is the bridge running (`quantum up` or `quantum bridge`)?"
+            )
+        await asyncio.sleep(0.2)
 
 
 GateHandler = Callable[[WorkflowHandle[Any, Any], RunStatusView], Awaitable[None]]
@@ -196,8 +234,10 @@ def demo(
 
     async def go() -> RunStatusView:
         async with running(settings, with_metrics=False, say=lambda line: console.print(f"[dim]{line}[/]")) as live:
-            handle = await start_pipeline(live.client, settings, request)
-            console.print(f"requested [bold]{handle.id}[/] for project {request.project} ({request.environment})")
+            run_id = await request_pipeline(live.nc, settings, request)
+            handle = live.client.get_workflow_handle(run_id)
+            console.print(f"requested [bold]{run_id}[/] for project {request.project} ({request.environment})")
+            await wait_for_run(handle)
             on_gate = auto_approver(request) if auto_approve else person_at_the_gate(request)
             view = await follow(handle, on_gate=on_gate)
             console.print(summary(view, live.stack.temporal_ui_url, settings.temporal_namespace))
@@ -234,11 +274,19 @@ def pipeline_request(
     settings = Settings()
 
     async def go() -> RunStatusView | None:
-        client = await client_for(settings)
-        handle = await start_pipeline(client, settings, request)
-        console.print(f"requested [bold]{handle.id}[/]")
+        nc = await nats_for(settings)
+        try:
+            run_id = await request_pipeline(nc, settings, request)
+        finally:
+            await nc.close()
+        console.print(
+            f"requested [bold]{run_id}[/] (event quantum.pipeline.requested {run_id.removeprefix('pipeline-')})"
+        )
         if not wait:
             return None
+        client = await client_for(settings)
+        handle = client.get_workflow_handle(run_id)
+        await wait_for_run(handle)
         console.print(f"review gates with: quantum review {handle.id} --gate GATE --approve --reviewer NAME")
         return await follow(handle)
 
@@ -353,6 +401,138 @@ def review(
     else:
         err_console.print(f"[bold red]refused[/]: {escape(reason)}", soft_wrap=True)
         raise typer.Exit(1)
+
+
+@app.command()
+def bridge() -> None:
+    """Run only the inbound bridge (scale it apart from the worker); Ctrl-C stops it."""
+    settings = Settings()
+
+    async def serve() -> None:
+        client = await client_for(settings)
+        nc = await nats_for(settings)
+        try:
+            await ensure_streams(nc.jetstream(), settings.stream_limits())
+            async with bridge_running(nc, client, settings):
+                console.print(
+                    f"bridge consuming {EVENTS_STREAM} on {settings.nats_url} into {settings.temporal_address}"
+                )
+                await wait_for_stop_signal()
+        finally:
+            await nc.close()
+
+    run(serve())
+
+
+@events_app.command("publish")
+def events_publish(file: Annotated[Path, typer.Argument(help="A CloudEvent, JSON structured mode.")]) -> None:
+    """Publish a CloudEvent from a file, after the checks the bridge will make."""
+    settings = Settings()
+    try:
+        event = parse_envelope(file.read_bytes(), max_bytes=settings.max_event_bytes)
+    except OSError as err:
+        fail(f"cannot read {file}: {err.strerror}")
+    except EventError as err:
+        fail(f"{file}: {err.kind}: {err.reason}")
+
+    async def go() -> int:
+        nc = await nats_for(settings)
+        try:
+            return await publish_event(nc, event, max_bytes=settings.max_event_bytes)
+        except BusError as err:
+            raise CliError(str(err)) from None
+        finally:
+            await nc.close()
+
+    sequence = run(go())
+    console.print(f"published {event.type} {event.id} on {event.nats_subject} (stream sequence {sequence})")
+
+
+@events_app.command("tail")
+def events_tail(
+    event_type: Annotated[str | None, typer.Option("--type", help="Only this type, e.g. quantum.stage.failed.")] = None,
+    from_start: Annotated[
+        bool, typer.Option("--all", help="From the start of the stream, not only new events.")
+    ] = False,
+    limit: Annotated[int, typer.Option(help="Stop after this many events (0: until Ctrl-C).")] = 0,
+) -> None:
+    """Show events as they arrive, one line each."""
+    settings = Settings()
+
+    async def go() -> None:
+        nc = await nats_for(settings)
+        seen = 0
+        try:
+            async for event in tail(nc, event_type=event_type, from_start=from_start):
+                data = event.get("data") or {}
+                detail = data.get("stage") or data.get("step") or data.get("gate") or data.get("status") or ""
+                when = str(event.get("time", ""))[11:23]
+                pipeline = data.get("pipeline_id") or data.get("project") or ""
+                console.print(f"{when}  {event.get('type', '?'):<34} {pipeline:<46} {detail}", soft_wrap=True)
+                seen += 1
+                if limit and seen >= limit:
+                    return
+        finally:
+            await nc.close()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        run(go())
+
+
+@events_app.command("schema")
+def events_schema(
+    out: Annotated[Path, typer.Option(help="Where to write the JSON Schemas.")] = Path("docs/events"),
+    catalogue_file: Annotated[Path, typer.Option("--catalogue", help="Where to write the catalogue.")] = Path(
+        "docs/events.md"
+    ),
+) -> None:
+    """Export the JSON Schema of every event type and the Markdown catalogue."""
+    written = write_schemas(out)
+    catalogue_file.parent.mkdir(parents=True, exist_ok=True)
+    catalogue_file.write_text(catalogue())
+    console.print(f"wrote {len(written)} schemas to {out} and the catalogue to {catalogue_file}")
+
+
+@dlq_app.command("list")
+def dlq_list() -> None:
+    """The dead letters, with the reason each was refused."""
+    settings = Settings()
+
+    async def go() -> list[Letter]:
+        nc = await nats_for(settings)
+        try:
+            return await dead_letters(nc)
+        finally:
+            await nc.close()
+
+    letters = run(go())
+    table = Table(title=f"{DLQ_STREAM}: {len(letters)} dead letters", title_justify="left")
+    for column in ("seq", "time", "from subject", "bytes", "reason"):
+        table.add_column(column, overflow="fold")
+    for letter in letters:
+        when = letter.time.strftime("%Y-%m-%d %H:%M:%S") if letter.time else ""
+        table.add_row(str(letter.sequence), when, letter.subject, str(len(letter.data)), letter.reason)
+    console.print(table)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    sequence: Annotated[int, typer.Argument(help="The dead letter's sequence (see `quantum dlq list`).")],
+) -> None:
+    """Publish a dead letter again on its original subject (after its cause is fixed), and drop it from the DLQ."""
+    settings = Settings()
+
+    async def go() -> str:
+        nc = await nats_for(settings)
+        try:
+            return await replay_dead_letter(nc, sequence)
+        except BusError as err:
+            raise CliError(str(err)) from None
+        finally:
+            await nc.close()
+
+    subject = run(go())
+    console.print(f"replayed dead letter {sequence} on {subject}")
 
 
 def main() -> None:

@@ -148,8 +148,9 @@ def test_up_serves_everything_and_the_cli_drives_a_run(stack_up: dict[str, str],
     run_id = next(w for w in started.stdout.split() if w.startswith("pipeline-"))
 
     deadline = time.monotonic() + 120
-    while True:
-        view = json.loads(quantum(env, "pipeline", "status", run_id, "--json").stdout)
+    while True:  # the request went over the bus: the bridge starts the run a moment later
+        answer = quantum(env, "pipeline", "status", run_id, "--json")
+        view = json.loads(answer.stdout) if answer.returncode == 0 else {"status": "running", "pending_gate": None}
         if view["pending_gate"] == "deploy":
             break
         assert view["status"] in {"running", "awaiting_review"}, view
@@ -168,6 +169,48 @@ def test_up_serves_everything_and_the_cli_drives_a_run(stack_up: dict[str, str],
     view = json.loads(quantum(env, "pipeline", "status", run_id, "--json").stdout)
     assert view["status"] == "cancelled"
     assert [c["step"] for c in view["compensations"]] == ["cleanup_tests", "cleanup_code"]
+
+    # the bus: every event of the run, a bad event refused before it is sent, the dead letters and their replay
+    tailed = quantum(env, "events", "tail", "--all", "--limit", "3")
+    assert tailed.returncode == 0, tailed.stderr
+    assert "quantum.pipeline.requested" in tailed.stdout and "quantum.pipeline.started" in tailed.stdout
+
+    bad = tmp_path / "bad-event.json"
+    bad.write_text(
+        json.dumps(
+            {
+                "specversion": "1.0",
+                "id": "e1",
+                "source": "t",
+                "type": "quantum.review.submitted",
+                "data": {"pipeline_id": run_id, "gate": "deploy"},
+            }
+        )
+    )
+    refused = quantum(env, "events", "publish", str(bad))
+    assert refused.returncode == 1 and "data.reviewer: Field required" in refused.stderr
+
+    orphan = tmp_path / "orphan-review.json"
+    orphan.write_text(
+        json.dumps(
+            {
+                "specversion": "1.0",
+                "id": "e2",
+                "source": "t",
+                "type": "quantum.review.submitted",
+                "data": {"pipeline_id": "pipeline-none", "gate": "deploy", "reviewer": "bob", "approved": True},
+            }
+        )
+    )
+    sent = quantum(env, "events", "publish", str(orphan))
+    assert sent.returncode == 0, sent.stderr
+    deadline = time.monotonic() + 60
+    while "RunNotFound" not in (letters := quantum(env, "dlq", "list")).stdout:
+        assert time.monotonic() < deadline, letters.stdout + letters.stderr
+        time.sleep(0.5)
+    replayed = quantum(env, "dlq", "replay", "1")
+    assert replayed.returncode == 0 and "quantum.events.review.submitted" in replayed.stdout
+    assert quantum(env, "dlq", "replay", "999").returncode == 1
 
     missing = quantum(env, "pipeline", "status", "pipeline-does-not-exist")
     assert missing.returncode == 1 and "no run with id" in missing.stderr

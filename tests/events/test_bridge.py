@@ -158,7 +158,9 @@ async def test_an_event_that_exhausts_its_deliveries_is_dead_lettered(
     await stoppable_temporal.start()
     client = await Client.connect(stoppable_temporal.address, data_converter=pydantic_data_converter)
     await stoppable_temporal.stop()
-    bridge = RecordingBridge(nc, client, bridge_config(queue(), max_deliver=3, retry_delays=(0.1, 0.2), rpc_timeout_seconds=1.0))
+    bridge = RecordingBridge(
+        nc, client, bridge_config(queue(), max_deliver=3, retry_delays=(0.1, 0.2), rpc_timeout_seconds=1.0)
+    )
     event = pipeline_event()
     await publish(nc, event)
     async with bridge_running(bridge):

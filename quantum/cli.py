@@ -29,6 +29,7 @@ from events.models import PipelineRequest, ReviewDecision
 from events.schemas import catalogue, write_schemas
 from events.streams import DLQ_STREAM, EVENTS_STREAM, ensure_streams
 from quantum.app import bridge_running, running, wait_for_stop_signal
+from quantum.bench import bench_events
 from quantum.bus import BusError, Letter, dead_letters, publish_event, replay_dead_letter, tail
 from quantum.client import connect
 from quantum.metrics import MetricsError
@@ -45,6 +46,8 @@ pipeline_app = typer.Typer(help="Request, follow, list and cancel pipeline runs.
 app.add_typer(pipeline_app, name="pipeline")
 events_app = typer.Typer(help="Publish, follow and describe the domain events on the bus.", no_args_is_help=True)
 app.add_typer(events_app, name="events")
+bench_app = typer.Typer(help="Benchmarks, reported as ratios against a baseline of the same run.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 dlq_app = typer.Typer(help="Events the bridge could not use, kept with their reason.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
 
@@ -533,6 +536,26 @@ def dlq_replay(
 
     subject = run(go())
     console.print(f"replayed dead letter {sequence} on {subject}")
+
+
+@bench_app.command("events")
+def bench_events_command(
+    events: Annotated[int, typer.Option(help="Events (and raw starts) for the throughput comparison.")] = 300,
+    rate: Annotated[float, typer.Option(help="Steady rate for the latency measurement, events/s.")] = 100.0,
+    seconds: Annotated[float, typer.Option(help="How long the steady rate lasts.")] = 10.0,
+) -> None:
+    """Events started per second through the bridge against raw start_workflow, and publish-to-start latency."""
+    with console.status(f"benchmarking on a fresh embedded stack: {events} events, then {rate:g}/s for {seconds:g} s"):
+        report = run(bench_events(events=events, rate=rate, seconds=seconds))
+    table = Table(title="quantum bench events", title_justify="left")
+    for column in ("measure", "value", "ratio to baseline"):
+        table.add_column(column)
+    for row in report.rows():
+        table.add_row(*row)
+    console.print(table)
+    console.print(
+        f"{report.started} runs started; {report.latency_samples} latency samples; " + "; ".join(report.notes)
+    )
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from typing import Any
 from prometheus_client import Counter
 from temporalio import activity
 
+from agents import provenance
 from agents.errors import INVALID_REQUEST, NO_PATTERN_MATCH, failure
 from agents.models import (
     CleanupResult,
@@ -161,16 +162,33 @@ class CodegenAgent:
             notes.append(f"{len(inp.source)} source file(s) from the request were written as given.")
         GENERATIONS.labels(OFFLINE_PROVIDER, pattern.name).inc()
         activity.logger.info("generated %s from pattern %s", module, pattern.name)
+        records = [file_record(p, src) for p in sorted(written)]
+        parents = {f"pattern:{pattern.name}/module.py": provenance.sha256_text(pattern.module_template)}
+        parents.update({f"source:{rel}": provenance.sha256_text(content) for rel, content in inp.source.items()})
+        statement = provenance.statement(
+            subjects={f"src/{r.path}": r.sha256 for r in records},
+            agent="QAgent",
+            provider=OFFLINE_PROVIDER,
+            model=None,
+            prompt=inp.prompt,
+            project=inp.project,
+            run_id=inp.run_id,
+            parents=parents,
+            pattern=pattern.name,
+        )
+        statement_path = provenance.write(self.workspaces.for_run(inp.run_id), statement)
         return GeneratedCode(
             run_id=inp.run_id,
             workspace=str(self.workspaces.for_run(inp.run_id)),
             module=module,
-            files=[file_record(p, src) for p in sorted(written)],
+            files=records,
             provider=OFFLINE_PROVIDER,
             model=None,
             pattern=pattern.name,
             pattern_score=score,
             notes=notes,
+            provenance=str(statement_path),
+            prompt_sha256=provenance.sha256_text(inp.prompt),
         )
 
     @activity.defn(name="codegen.validate_code")
@@ -214,8 +232,13 @@ class CodegenAgent:
 
     @activity.defn(name="codegen.cleanup_code")
     async def cleanup_code(self, ref: RunRef) -> CleanupResult:
-        """Remove the run's generated code (compensation); nothing to remove is fine."""
-        return remove_dir(self.workspaces.src(ref.run_id))
+        """Remove the run's generated code and its provenance (compensation); nothing to remove is fine."""
+        statement = self.workspaces.for_run(ref.run_id) / provenance.FILE_NAME
+        removed = remove_dir(self.workspaces.src(ref.run_id))
+        if statement.exists():
+            statement.unlink()
+            removed.removed.append(str(statement))
+        return removed
 
     def activities(self) -> list[Callable[..., Any]]:
         return [self.generate_code, self.validate_code, self.fingerprint_code, self.cleanup_code]

@@ -50,6 +50,8 @@ class GeneratedCode(_Model):
     pattern: str | None = Field(default=None, description="The library pattern the code came from, if any.")
     pattern_score: float = 0.0
     notes: list[str] = Field(default_factory=list)
+    provenance: str | None = Field(default=None, description="Path of the in-toto statement beside the artifacts.")
+    prompt_sha256: str | None = None
 
 
 class CodeValidation(_Model):

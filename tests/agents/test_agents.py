@@ -370,3 +370,31 @@ async def test_monitoring_refuses_a_target_without_metrics(tmp_path: Path) -> No
     assert not (tmp_path / "monitoring" / "targets").exists() or not any(
         (tmp_path / "monitoring" / "targets").iterdir()
     )
+
+
+async def test_generated_code_carries_an_in_toto_provenance_statement(workspaces: Workspaces) -> None:
+    from agents import provenance
+
+    source = {"extra.py": "VALUE = 1\n"}
+    agent, rid, code = await generate(workspaces, PROMPTS["semver"], source=source)
+    assert code.provenance and code.prompt_sha256
+    statement = json.loads(Path(code.provenance).read_text())
+    assert statement["_type"] == "https://in-toto.io/Statement/v1"
+    assert {s["name"]: s["digest"]["sha256"] for s in statement["subject"]} == {
+        f"src/{f.path}": f.sha256 for f in code.files
+    }
+    build = statement["predicate"]["buildDefinition"]
+    assert build["externalParameters"]["prompt_sha256"] == code.prompt_sha256
+    assert PROMPTS["semver"] not in Path(code.provenance).read_text()  # the prompt itself stays out
+    assert build["internalParameters"] == {"provider": "offline-patterns", "model": None, "pattern": "semver"}
+    parents = {d["name"] for d in build["resolvedDependencies"]}
+    assert parents == {"pattern:semver/module.py", "source:extra.py"}
+    assert statement["predicate"]["runDetails"]["metadata"]["invocationId"] == rid
+
+    root = workspaces.for_run(rid)
+    assert provenance.verify(Path(code.provenance), root) == []
+    (workspaces.src(rid) / "extra.py").write_text("VALUE = 2\n")
+    assert provenance.verify(Path(code.provenance), root) == ["src/extra.py: changed since it was generated"]
+
+    await env.run(agent.cleanup_code, RunRef(run_id=rid))
+    assert not Path(code.provenance).exists()

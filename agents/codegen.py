@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 from temporalio import activity
@@ -34,7 +34,13 @@ from agents.models import (
 )
 from agents.workspace import Workspaces, file_record, files_under, safe_join, sha256_file
 
+if TYPE_CHECKING:
+    from agents.patterns import PatternStore
+
 OFFLINE_PROVIDER = "offline-patterns"
+TOP_K = 3
+MIN_SIMILARITY = 0.2
+"""Cosine similarity below which the offline provider says it has nothing, rather than guess."""
 PATTERNS_DIR = Path(__file__).parent / "patterns_lib"
 
 GENERATIONS = Counter(
@@ -127,21 +133,39 @@ def module_name(project: str) -> str:
 class CodegenAgent:
     """QAgent: writes code for a request into the run's workspace, checks it and fingerprints it."""
 
-    def __init__(self, workspaces: Workspaces, patterns: PatternLibrary) -> None:
+    def __init__(self, workspaces: Workspaces, patterns: PatternLibrary, store: PatternStore | None = None) -> None:
         self.workspaces = workspaces
         self.patterns = patterns
+        self.store = store
+
+    async def choose(self, prompt: str) -> tuple[Pattern, float, list[str]]:
+        """The pattern to start from: the closest in the pattern store (top-k noted), or by keywords without one."""
+        if self.store is None:
+            pattern, score = self.patterns.best_match(prompt)
+            return pattern, score, [f"chosen by keywords (score {score:.2f}); no pattern store configured"]
+        matches = await self.store.search(prompt, k=TOP_K)
+        ranked = ", ".join(f"{m.name} {m.score:.2f}" for m in matches)
+        if not matches or matches[0].score < MIN_SIMILARITY:
+            raise failure(
+                NO_PATTERN_MATCH,
+                f"no pattern is close enough to {prompt[:80]!r} (closest: {ranked or 'none'}; "
+                f"needs {MIN_SIMILARITY}); known: {', '.join(self.patterns.patterns)}",
+            )
+        return matches[0].pattern, matches[0].score, [f"closest patterns in the store: {ranked}"]
 
     @activity.defn(name="codegen.generate_code")
     async def generate_code(self, inp: GenerateCodeInput) -> GeneratedCode:
         """Generate the request's code from the closest pattern, then lay the request's source files over it."""
         if inp.language != "python":
             raise failure(INVALID_REQUEST, f"language {inp.language!r} is not supported; use python")
-        pattern, score = self.patterns.best_match(inp.prompt)
+        pattern, score, context = await self.choose(inp.prompt)
         module = module_name(inp.project)
         code = pattern.render(pattern.module_template, module=module, project=inp.project, prompt=inp.prompt)
-        return await asyncio.to_thread(self._write, inp, pattern, score, module, code)
+        return await asyncio.to_thread(self._write, inp, pattern, score, module, code, context)
 
-    def _write(self, inp: GenerateCodeInput, pattern: Pattern, score: float, module: str, code: str) -> GeneratedCode:
+    def _write(
+        self, inp: GenerateCodeInput, pattern: Pattern, score: float, module: str, code: str, context: list[str]
+    ) -> GeneratedCode:
         src = self.workspaces.src(inp.run_id)
         if src.exists():
             shutil.rmtree(src)  # a retry starts from a clean directory: same input, same files
@@ -151,6 +175,7 @@ class CodegenAgent:
         notes = [
             f"Code from the offline pattern library (pattern '{pattern.name}', score {score:.2f}); "
             "no language model was used.",
+            *context,
         ]
         for rel, content in sorted(inp.source.items()):
             target = safe_join(src, rel)

@@ -14,6 +14,7 @@ from temporalio.worker import Worker
 from agents.codegen import CodegenAgent, PatternLibrary
 from agents.deploy import DeployAgent
 from agents.infra import InfraAgent
+from agents.patterns import HashingEmbedder, PatternStore, open_client
 from agents.sandbox import Sandbox
 from agents.security import SecurityAgent
 from agents.sre import SREAgent
@@ -52,6 +53,8 @@ class Agents:
         """Stop what the agents keep running in this process (the embedded stack's deployments), disconnect."""
         self.deploy.stop_all()
         await self.publisher.close()
+        if self.codegen.store is not None:
+            await self.codegen.store.close()
 
 
 def build_agents(settings: Settings, *, nats_url: str | None = None) -> Agents:
@@ -60,7 +63,7 @@ def build_agents(settings: Settings, *, nats_url: str | None = None) -> Agents:
     workspaces = Workspaces(data / "workspaces")
     patterns = PatternLibrary()
     return Agents(
-        codegen=CodegenAgent(workspaces, patterns),
+        codegen=CodegenAgent(workspaces, patterns, build_pattern_store(settings, patterns)),
         testgen=TestgenAgent(workspaces, patterns, Sandbox()),
         security=SecurityAgent(workspaces),
         infra=InfraAgent(data / "infra", nats_url or settings.nats_url),
@@ -68,6 +71,18 @@ def build_agents(settings: Settings, *, nats_url: str | None = None) -> Agents:
         sre=SREAgent(data / "monitoring"),
         publisher=EventPublisher(nats_url or settings.nats_url),
     )
+
+
+def build_pattern_store(settings: Settings, library: PatternLibrary) -> PatternStore:
+    """Qdrant (a server when ``QUANTUM_QDRANT_URL`` is set, else local mode in the data dir) with the shipped library.
+
+    Embeddings are the deterministic offline embedder: the shipped patterns and the requests they are matched
+    against are embedded alike, whatever model writes the code.
+    """
+    api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
+    client = open_client(url=settings.qdrant_url, api_key=api_key, path=str(settings.data_path / "qdrant"))
+    embedder = HashingEmbedder()
+    return PatternStore(client, embedder, dim=embedder.dim, library=library)
 
 
 def check_unique(activities: Sequence[Callable[..., Any]]) -> list[Callable[..., Any]]:

@@ -10,11 +10,14 @@ code is never run with plain exec. A wall-clock timeout kills the whole process 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
 import signal
 import sys
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +31,7 @@ SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 class Limits:
     memory_bytes: int = 1024 * 1024 * 1024
     cpu_seconds: int = 120
-    processes: int = 256
+    processes: int = 64
     open_files: int = 256
     file_bytes: int = 64 * 1024 * 1024
 
@@ -40,6 +43,60 @@ class SandboxResult:
     stderr: str
     timed_out: bool
     isolation: str
+
+
+class PidsCgroup:
+    """A pids cgroup of its own for one sandboxed run: a fork bomb meets ``pids.max``, and every process it left
+    is killed when the run ends.
+
+    rlimits alone cannot bound processes here: the sandbox's user namespace maps to the worker's uid outside, and
+    for root ``RLIMIT_NPROC`` is not enforced. Uses cgroup v2 where the pids controller is enabled, else the v1
+    pids hierarchy; where neither is writable the run goes on under rlimits only and says so.
+    """
+
+    ROOTS = (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup/pids"))
+
+    def __init__(self, max_pids: int) -> None:
+        self.max_pids = max_pids
+        self.path: Path | None = None
+
+    def create(self) -> bool:
+        for root in self.ROOTS:
+            if not (root / "cgroup.procs").exists():
+                continue
+            if (root / "cgroup.controllers").exists() and "pids" not in (root / "cgroup.subtree_control").read_text():
+                continue
+            path = root / f"quantum-sandbox-{uuid.uuid4().hex[:12]}"
+            try:
+                path.mkdir()
+                (path / "pids.max").write_text(str(self.max_pids))
+            except OSError:
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+                continue
+            self.path = path
+            return True
+        return False
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        """``argv`` started from inside the cgroup (the shell joins it, then becomes the command)."""
+        if self.path is None:
+            return argv
+        return ["/bin/sh", "-c", f'echo $$ > "{self.path}/cgroup.procs" && exec "$@"', "sandbox", *argv]
+
+    def destroy(self) -> None:
+        if self.path is None:
+            return
+        for _ in range(50):
+            pids = [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.02)
+        with contextlib.suppress(OSError):
+            self.path.rmdir()
 
 
 class SandboxUnavailable(RuntimeError):
@@ -138,7 +195,16 @@ class Sandbox:
             prefix = self._bwrap_argv(workspace, clean_env)
         else:
             prefix = self._unshare_argv(workspace, clean_env)
-        full = [*prefix, *self._limits_argv(), *argv]
+        cgroup = PidsCgroup(self.limits.processes)
+        if cgroup.create():
+            isolation += "+pids-cgroup"
+        full = cgroup.wrap([*prefix, *self._limits_argv(), *argv])
+        try:
+            return await self._run(full, workspace, timeout, isolation)
+        finally:
+            cgroup.destroy()
+
+    async def _run(self, full: list[str], workspace: Path, timeout: float, isolation: str) -> SandboxResult:
         proc = await asyncio.create_subprocess_exec(
             *full,
             cwd=str(workspace),

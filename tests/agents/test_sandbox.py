@@ -1,0 +1,185 @@
+"""Hostile code in the sandbox: each attack is contained and reported, and nothing outside the workspace changes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from agents.sandbox import Sandbox, SandboxResult
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def digest_tree(root: Path) -> str:
+    """One hash over every file's path and content below ``root``."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(str(path).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture
+def protected(tmp_path: Path) -> Path:
+    """A place outside the workspace holding a secret, as the worker's machine would."""
+    place = tmp_path / "outside"
+    place.mkdir()
+    (place / "secret.txt").write_text("the worker's secret")
+    return place
+
+
+async def run_script(workspace: Path, script: str, *, timeout: float = 60) -> tuple[SandboxResult, dict]:
+    workspace.mkdir(exist_ok=True)
+    (workspace / "hostile.py").write_text(textwrap.dedent(script))
+    result = await Sandbox().run([sys.executable, "hostile.py"], workspace=workspace, timeout=timeout)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    return result, json.loads(lines[-1]) if lines else {}
+
+
+async def test_no_network_to_the_bus_temporal_or_the_outside(
+    tmp_path: Path, temporal_address: str, nats_url: str
+) -> None:
+    nats_port = int(nats_url.rsplit(":", 1)[1])
+    temporal_port = int(temporal_address.rsplit(":", 1)[1])
+    result, seen = await run_script(
+        tmp_path / "ws",
+        f"""
+        import json, socket
+        seen = {{}}
+        for name, address in {{"temporal": ("127.0.0.1", {temporal_port}), "nats": ("127.0.0.1", {nats_port}),
+                              "outside": ("192.0.2.1", 80)}}.items():
+            try:
+                socket.create_connection(address, timeout=2).close()
+                seen[name] = "connected"
+            except OSError as err:
+                seen[name] = type(err).__name__
+        print(json.dumps(seen))
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    assert set(seen) == {"temporal", "nats", "outside"}
+    assert "connected" not in seen.values(), seen
+
+
+async def test_no_secrets_no_home_and_no_writes_outside(tmp_path: Path, protected: Path, monkeypatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-worker-secret")
+    monkeypatch.setenv("QUANTUM_LLM_API_KEY", "another-secret")
+    before = digest_tree(protected), digest_tree(Path(sys.prefix) / "bin")
+    result, seen = await run_script(
+        tmp_path / "ws",
+        f"""
+        import json, os
+        seen = {{"env": sorted(k for k in os.environ if "KEY" in k or "TOKEN" in k or "SECRET" in k)}}
+        seen["ssh"] = os.path.exists(os.path.expanduser("~/.ssh")) or os.path.exists("/root/.ssh")
+        try:
+            seen["secret"] = open("{protected / "secret.txt"}").read()
+        except OSError as err:
+            seen["secret"] = type(err).__name__
+        writes = {{}}
+        for target in ["{protected / "planted.txt"}", "/usr/planted.txt", "{Path(sys.prefix) / "bin" / "planted"}",
+                       "/etc/planted"]:
+            try:
+                open(target, "w").write("x")
+                writes[target] = "written"
+            except OSError as err:
+                writes[target] = type(err).__name__
+        seen["writes"] = writes
+        open("inside.txt", "w").write("ok")
+        print(json.dumps(seen))
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    assert seen["env"] == []
+    assert seen["ssh"] is False
+    assert seen["secret"] == "FileNotFoundError"  # /tmp inside is a fresh tmpfs: the worker's files are not there
+    assert (tmp_path / "ws" / "inside.txt").read_text() == "ok"
+    assert (digest_tree(protected), digest_tree(Path(sys.prefix) / "bin")) == before
+    assert not (protected / "planted.txt").exists() and not Path("/usr/planted.txt").exists()
+
+
+async def test_a_fork_bomb_is_contained(tmp_path: Path) -> None:
+    result, seen = await run_script(
+        tmp_path / "ws",
+        """
+        import json, os, time
+        forked, refused = 0, None
+        try:
+            for _ in range(100000):
+                if os.fork() == 0:
+                    time.sleep(30)
+                    os._exit(0)
+                forked += 1
+        except OSError as err:
+            refused = type(err).__name__
+        print(json.dumps({"forked": forked, "refused": refused}))
+        """,
+        timeout=30,
+    )
+    assert "pids-cgroup" in result.isolation
+    assert seen["refused"] == "BlockingIOError"  # EAGAIN from pids.max
+    assert seen["forked"] < 64
+    marker = str(tmp_path / "ws")
+    leftovers = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline_has(p, "hostile.py") and _cwd_is(p, marker)]
+    assert leftovers == []
+
+
+def _cmdline_has(pid: str, text: str) -> bool:
+    try:
+        return text in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
+def _cwd_is(pid: str, path: str) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd") == path
+    except OSError:
+        return False
+
+
+async def test_a_4_gib_allocation_is_refused(tmp_path: Path) -> None:
+    result, seen = await run_script(
+        tmp_path / "ws",
+        """
+        import json
+        try:
+            block = bytearray(4 * 1024**3)
+            outcome = "allocated"
+        except MemoryError:
+            outcome = "MemoryError"
+        print(json.dumps({"outcome": outcome}))
+        """,
+    )
+    assert seen == {"outcome": "MemoryError"}
+
+
+async def test_an_endless_loop_is_killed_at_the_timeout(tmp_path: Path) -> None:
+    result, _ = await run_script(tmp_path / "ws", "while True:\n    pass\n", timeout=2)
+    assert result.timed_out
+    assert result.returncode != 0
+
+
+async def test_killing_the_parent_reaches_nothing_outside(tmp_path: Path) -> None:
+    result, seen = await run_script(
+        tmp_path / "ws",
+        f"""
+        import json, os, signal
+        seen = {{"pid": os.getpid(), "ppid": os.getppid()}}
+        for name, pid in {{"parent": os.getppid(), "worker": {os.getpid()}}}.items():
+            try:
+                os.kill(pid, signal.SIGKILL)
+                seen[name] = "signalled"
+            except OSError as err:
+                seen[name] = type(err).__name__
+        print(json.dumps(seen))
+        """,
+    )
+    assert seen["worker"] in {"ProcessLookupError", "PermissionError"}  # another pid namespace
+    assert seen["pid"] < 10  # numbered inside its own pid namespace
+    assert os.getpid() > 0 and Path(f"/proc/{os.getpid()}").exists()  # the worker is alive

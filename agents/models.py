@@ -90,6 +90,7 @@ class ExecuteTestsInput(_Model):
     run_id: str
     module: str
     timeout_seconds: float = 180.0
+    mutants: int = Field(default=4, ge=0, le=20, description="Broken variants the tests must catch (0: none).")
 
 
 class TestReport(_Model):
@@ -105,6 +106,10 @@ class TestReport(_Model):
     isolation: str = Field(description="How the tests were isolated (e.g. 'bwrap', 'unshare', 'rlimits').")
     timed_out: bool = False
     output_tail: str = ""
+    mutants_total: int = 0
+    mutants_killed: int = 0
+    mutation_score: float | None = Field(default=None, description="Share of mutants the tests caught, 0 to 1.")
+    surviving_mutants: list[str] = Field(default_factory=list)
 
 
 # --- QSecure: security scanning -----------------------------------------------------------------------------------

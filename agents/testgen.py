@@ -25,6 +25,8 @@ from agents.models import (
     RunRef,
     TestReport,
 )
+from agents.mutation import DRIVER as MUTATION_DRIVER
+from agents.mutation import mutants
 from agents.sandbox import Sandbox
 from agents.workspace import Workspaces, file_record
 
@@ -122,9 +124,9 @@ class TestgenAgent:
             raise failure(TOOL_FAILURE, f"pytest produced no report (exit {result.returncode}): {output[-800:]}")
         counts = _junit_counts(junit)
         coverage = _coverage_percent(reports / "coverage.json")
-        outcome = "passed" if counts["failed"] + counts["errors"] == 0 and not result.timed_out else "failed"
-        TEST_RUNS.labels(outcome).inc()
-        return TestReport(
+        passed = counts["failed"] + counts["errors"] == 0 and not result.timed_out
+        TEST_RUNS.labels("passed" if passed else "failed").inc()
+        report = TestReport(
             **counts,
             coverage=coverage,
             duration_seconds=round(duration, 3),
@@ -132,6 +134,44 @@ class TestgenAgent:
             isolation=result.isolation,
             timed_out=result.timed_out,
             output_tail=output,
+        )
+        if passed and inp.mutants:
+            report = await self._mutation_test(root, inp, report)
+        return report
+
+    async def _mutation_test(self, root: Path, inp: ExecuteTestsInput, report: TestReport) -> TestReport:
+        """Run the passing tests against a few mutants of the module; the share they catch is the score."""
+        module = root / "src" / f"{inp.module}.py"
+        found = mutants(module.read_text(), inp.mutants) if module.is_file() else []
+        if not found:
+            return report
+        folder = root / "mutants"
+        shutil.rmtree(folder, ignore_errors=True)
+        for index, mutant in enumerate(found):
+            (folder / f"m{index}").mkdir(parents=True)
+            (folder / f"m{index}" / f"{inp.module}.py").write_text(mutant.source)
+        (folder / "run.py").write_text(MUTATION_DRIVER)
+        inside = self.sandbox.workdir(root)
+        try:
+            result = await self.sandbox.run(
+                [sys.executable, f"{inside}/mutants/run.py"], workspace=root, timeout=inp.timeout_seconds
+            )
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        lines = [line for line in result.stdout.splitlines() if line.startswith("[")]
+        if not lines:
+            activity.logger.warning("mutation run gave no result: %s", (result.stdout + result.stderr)[-500:])
+            return report
+        outcomes = json.loads(lines[-1])
+        killed = [o for o in outcomes if o["killed"]]
+        surviving = [found[int(o["mutant"][1:])].description for o in outcomes if not o["killed"]]
+        return report.model_copy(
+            update={
+                "mutants_total": len(outcomes),
+                "mutants_killed": len(killed),
+                "mutation_score": round(len(killed) / len(outcomes), 3) if outcomes else None,
+                "surviving_mutants": surviving,
+            }
         )
 
     @activity.defn(name="testgen.cleanup_tests")

@@ -59,6 +59,10 @@ class TestPolicy(_Strict):
     __test__ = False  # not a pytest test class
 
     min_coverage: float = Field(default=DEFAULT_MIN_COVERAGE, ge=0, le=100, description="Line coverage, percent.")
+    mutants: int = Field(default=4, ge=0, le=20, description="Broken variants of the code the tests must catch.")
+    min_mutation_score: float = Field(
+        default=0.5, ge=0, le=1, description="Share of the mutants the tests must catch for them to count."
+    )
 
 
 class InfraResource(_Strict):

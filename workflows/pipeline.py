@@ -117,7 +117,7 @@ class DevSecOpsPipelineWorkflow:
         self._run.view.outputs["tests_generated"] = tests.test_count
 
     async def _execute_tests(self, code: GeneratedCode, request: PipelineRequest) -> None:
-        inp = ExecuteTestsInput(run_id=code.run_id, module=code.module)
+        inp = ExecuteTestsInput(run_id=code.run_id, module=code.module, mutants=request.test_policy.mutants)
         report = await workflow.execute_activity_method(TestgenAgent.execute_tests, inp, **presets.TOOL)
         self._run.view.outputs.update(
             tests_passed=report.passed,
@@ -136,6 +136,15 @@ class DevSecOpsPipelineWorkflow:
             raise self._run.fail_stage(
                 "execute_tests", f"line coverage {report.coverage:.1f}% is below the policy's {minimum:g}%"
             )
+        score, required = report.mutation_score, request.test_policy.min_mutation_score
+        if score is not None:
+            self._run.view.outputs["mutation_score"] = score
+            if score < required:
+                raise self._run.fail_stage(
+                    "execute_tests",
+                    f"the tests caught {report.mutants_killed} of {report.mutants_total} mutants ({score:.0%}), "
+                    f"below the policy's {required:.0%}; not caught: {'; '.join(report.surviving_mutants)}",
+                )
 
     async def _security_scan(self, ref: RunRef) -> None:
         report = await workflow.execute_activity_method(

@@ -151,6 +151,8 @@ async def test_each_pattern_passes_its_tests_in_the_sandbox(workspaces: Workspac
     assert report.passed == tests.test_count
     assert report.coverage >= 85, report.output_tail
     assert report.isolation.startswith("bwrap")
+    assert report.mutants_total >= 3 and report.mutation_score is not None
+    assert report.mutation_score >= 0.75, report.surviving_mutants
     assert Path(report.junit_report).is_file()
 
 
@@ -398,3 +400,30 @@ async def test_generated_code_carries_an_in_toto_provenance_statement(workspaces
 
     await env.run(agent.cleanup_code, RunRef(run_id=rid))
     assert not Path(code.provenance).exists()
+
+
+async def test_mutants_tell_real_tests_from_tests_that_only_run_the_code(workspaces: Workspaces) -> None:
+    from agents.mutation import mutants
+
+    _, rid, code = await generate(workspaces, PROMPTS["semver"])
+    source = (workspaces.src(rid) / f"{code.module}.py").read_text()
+    found = mutants(source, 4)
+    assert len(found) == 4 and len({m.source for m in found}) == 4
+    assert all(m.source != source for m in found)
+    assert found == mutants(source, 4)  # deterministic
+
+    tester = TestgenAgent(workspaces, library, Sandbox())
+    await env.run(
+        tester.generate_tests, GenerateTestsInput(run_id=rid, module=code.module, prompt="x", pattern="semver")
+    )
+    good = await env.run(tester.execute_tests, ExecuteTestsInput(run_id=rid, module=code.module, mutants=4))
+    assert good.mutants_total == 4 and good.mutation_score is not None
+    assert good.mutation_score >= 0.5, good.surviving_mutants
+
+    # tests that import and call the code but check nothing catch no mutant
+    (workspaces.tests(rid) / f"test_{code.module}.py").write_text(
+        f"from {code.module} import Version\n\n\ndef test_runs():\n    Version.parse('1.2.3')\n"
+    )
+    weak = await env.run(tester.execute_tests, ExecuteTestsInput(run_id=rid, module=code.module, mutants=4))
+    assert weak.passed == 1 and weak.mutation_score is not None and weak.mutation_score <= 0.25
+    assert len(weak.surviving_mutants) >= 3

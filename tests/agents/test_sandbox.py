@@ -183,3 +183,19 @@ async def test_killing_the_parent_reaches_nothing_outside(tmp_path: Path) -> Non
     assert seen["worker"] in {"ProcessLookupError", "PermissionError"}  # another pid namespace
     assert seen["pid"] < 10  # numbered inside its own pid namespace
     assert os.getpid() > 0 and Path(f"/proc/{os.getpid()}").exists()  # the worker is alive
+
+
+async def test_without_bubblewrap_it_falls_back_to_unshare_and_says_so(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-worker-secret")
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "probe.py").write_text(
+        "import json, os, socket\n"
+        "try:\n    socket.create_connection(('127.0.0.1', 22), timeout=1); net = 'open'\n"
+        "except OSError as err:\n    net = type(err).__name__\n"
+        "print(json.dumps({'net': net, 'keys': [k for k in os.environ if 'KEY' in k]}))\n"
+    )
+    result = await Sandbox(bwrap="").run([sys.executable, "probe.py"], workspace=workspace, timeout=30)
+    assert result.isolation.startswith("unshare")
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["keys"] == [] and seen["net"] != "open"

@@ -403,3 +403,18 @@ async def test_cancellation_during_a_running_stage(harness: Harness) -> None:
     assert view.status == "cancelled"
     assert view.stages["security_scan"] == "cancelled"
     assert steps(view) == [("cleanup_tests", "completed"), ("cleanup_code", "completed")]
+
+
+async def test_tests_that_miss_too_many_mutants_do_not_count(harness: Harness) -> None:
+    async with harness.worker():
+        handle = await harness.start_pipeline(
+            prompt="parse and compare semantic version strings",
+            test_policy={"min_coverage": 85, "mutants": 4, "min_mutation_score": 1.0},
+        )
+        error = await failure_of(handle)
+        view = await status(handle)
+    assert error.type == "PipelineFailed"
+    assert view.stages["execute_tests"] == "failed"
+    assert "mutants" in (view.error or "") and "below the policy's 100%" in (view.error or "")
+    assert 0 < float(view.outputs["mutation_score"]) < 1
+    assert steps(view) == [("cleanup_tests", "completed"), ("cleanup_code", "completed")]

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
+from pydantic import BaseModel, Field
 from temporalio import activity
 
 from agents import provenance
-from agents.errors import INVALID_REQUEST, NO_PATTERN_MATCH, failure
+from agents.errors import INVALID_REQUEST, NO_PATTERN_MATCH, UNSAFE_ARTIFACT, failure
 from agents.models import (
     CleanupResult,
     CodeValidation,
@@ -35,8 +36,13 @@ from agents.models import (
 from agents.workspace import Workspaces, file_record, files_under, safe_join, sha256_file
 
 if TYPE_CHECKING:
+    from agents.llm import LLMGateway
     from agents.patterns import PatternStore
 
+CODE_SYSTEM_PROMPT = (
+    "You are QAgent, writing small, correct and secure Python modules for a DevSecOps pipeline. "
+    "No network access, no subprocess or shell, no eval, no secrets in code. Reply with JSON only."
+)
 OFFLINE_PROVIDER = "offline-patterns"
 TOP_K = 3
 MIN_SIMILARITY = 0.2
@@ -48,6 +54,40 @@ GENERATIONS = Counter(
 )
 
 _WORD = re.compile(r"[a-z0-9]+")
+MODEL_PROVIDER = "openai-compatible"
+
+
+class FileReply(BaseModel):
+    path: str = Field(description="Relative path of a Python file, e.g. billing.py")
+    content: str
+
+
+class FilesReply(BaseModel):
+    """What a model is asked to return: the files it wrote."""
+
+    files: list[FileReply] = Field(min_length=1)
+    summary: str = ""
+
+
+@dataclass(frozen=True)
+class Draft:
+    """Files to write (relative path -> content) and who wrote them."""
+
+    files: dict[str, str]
+    provider: str
+    model: str | None
+    notes: list[str]
+
+
+def checked_files(reply: FilesReply, *, suffix: str = ".py") -> dict[str, str]:
+    """The reply's files, refusing absolute paths, ``..`` and anything but Python files."""
+    files: dict[str, str] = {}
+    for item in reply.files:
+        rel = item.path.strip()
+        if rel.startswith("/") or ".." in Path(rel).parts or "\\" in rel or not rel.endswith(suffix):
+            raise failure(UNSAFE_ARTIFACT, f"the model named a file {rel!r}: only relative {suffix} paths are allowed")
+        files[rel] = item.content
+    return files
 
 
 def words(text: str) -> set[str]:
@@ -133,10 +173,17 @@ def module_name(project: str) -> str:
 class CodegenAgent:
     """QAgent: writes code for a request into the run's workspace, checks it and fingerprints it."""
 
-    def __init__(self, workspaces: Workspaces, patterns: PatternLibrary, store: PatternStore | None = None) -> None:
+    def __init__(
+        self,
+        workspaces: Workspaces,
+        patterns: PatternLibrary,
+        store: PatternStore | None = None,
+        llm: LLMGateway | None = None,
+    ) -> None:
         self.workspaces = workspaces
         self.patterns = patterns
         self.store = store
+        self.llm = llm
 
     async def choose(self, prompt: str) -> tuple[Pattern, float, list[str]]:
         """The pattern to start from: the closest in the pattern store (top-k noted), or by keywords without one."""
@@ -160,24 +207,56 @@ class CodegenAgent:
             raise failure(INVALID_REQUEST, f"language {inp.language!r} is not supported; use python")
         pattern, score, context = await self.choose(inp.prompt)
         module = module_name(inp.project)
-        code = pattern.render(pattern.module_template, module=module, project=inp.project, prompt=inp.prompt)
-        return await asyncio.to_thread(self._write, inp, pattern, score, module, code, context)
+        if self.llm is None:
+            code = pattern.render(pattern.module_template, module=module, project=inp.project, prompt=inp.prompt)
+            draft = Draft(
+                files={f"{module}.py": code},
+                provider=OFFLINE_PROVIDER,
+                model=None,
+                notes=[
+                    f"Code from the offline pattern library (pattern '{pattern.name}', score {score:.2f}); "
+                    "no language model was used.",
+                    *context,
+                ],
+            )
+        else:
+            draft = await self._ask_model(inp, module, pattern, context)
+        return await asyncio.to_thread(self._write, inp, pattern, score, module, draft)
+
+    async def _ask_model(self, inp: GenerateCodeInput, module: str, pattern: Pattern, context: list[str]) -> Draft:
+        assert self.llm is not None
+        example = pattern.render(pattern.module_template, module=module, project=inp.project, prompt=inp.prompt)
+        user = (
+            f"Request: {inp.prompt}\n\nWrite the module `{module}.py` (Python 3.11, standard library only). "
+            f"Put it in a file named exactly `{module}.py`; more files only if needed, relative .py paths.\n\n"
+            f"A vetted pattern close to the request, for reference:\n```python\n{example[:6000]}\n```"
+        )
+        completion = await self.llm.complete_json(system=CODE_SYSTEM_PROMPT, user=user, schema=FilesReply)
+        files = checked_files(completion.value)
+        if f"{module}.py" not in files:
+            raise failure(INVALID_REQUEST, f"the model wrote {sorted(files)} but not {module}.py")
+        return Draft(
+            files=files,
+            provider=MODEL_PROVIDER,
+            model=completion.model,
+            notes=[
+                f"Code from model {completion.model} ({completion.prompt_tokens} prompt and "
+                f"{completion.completion_tokens} completion tokens, {completion.latency_seconds:.2f} s"
+                f"{', repaired once' if completion.repaired else ''}); pattern '{pattern.name}' given as reference.",
+                *context,
+            ],
+        )
 
     def _write(
-        self, inp: GenerateCodeInput, pattern: Pattern, score: float, module: str, code: str, context: list[str]
+        self, inp: GenerateCodeInput, pattern: Pattern, score: float, module: str, draft: Draft
     ) -> GeneratedCode:
         src = self.workspaces.src(inp.run_id)
         if src.exists():
             shutil.rmtree(src)  # a retry starts from a clean directory: same input, same files
         src.mkdir(parents=True)
-        written = [src / f"{module}.py"]
-        written[0].write_text(code)
-        notes = [
-            f"Code from the offline pattern library (pattern '{pattern.name}', score {score:.2f}); "
-            "no language model was used.",
-            *context,
-        ]
-        for rel, content in sorted(inp.source.items()):
+        written: list[Path] = []
+        notes = list(draft.notes)
+        for rel, content in sorted({**draft.files, **inp.source}.items()):
             target = safe_join(src, rel)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(content)
@@ -185,7 +264,7 @@ class CodegenAgent:
                 written.append(target)
         if inp.source:
             notes.append(f"{len(inp.source)} source file(s) from the request were written as given.")
-        GENERATIONS.labels(OFFLINE_PROVIDER, pattern.name).inc()
+        GENERATIONS.labels(draft.provider, pattern.name).inc()
         activity.logger.info("generated %s from pattern %s", module, pattern.name)
         records = [file_record(p, src) for p in sorted(written)]
         parents = {f"pattern:{pattern.name}/module.py": provenance.sha256_text(pattern.module_template)}
@@ -193,8 +272,8 @@ class CodegenAgent:
         statement = provenance.statement(
             subjects={f"src/{r.path}": r.sha256 for r in records},
             agent="QAgent",
-            provider=OFFLINE_PROVIDER,
-            model=None,
+            provider=draft.provider,
+            model=draft.model,
             prompt=inp.prompt,
             project=inp.project,
             run_id=inp.run_id,
@@ -207,8 +286,8 @@ class CodegenAgent:
             workspace=str(self.workspaces.for_run(inp.run_id)),
             module=module,
             files=records,
-            provider=OFFLINE_PROVIDER,
-            model=None,
+            provider=draft.provider,
+            model=draft.model,
             pattern=pattern.name,
             pattern_score=score,
             notes=notes,

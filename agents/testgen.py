@@ -9,13 +9,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree
 
 from prometheus_client import Counter, Histogram
 from temporalio import activity
 
-from agents.codegen import OFFLINE_PROVIDER, PatternLibrary, remove_dir
+from agents.codegen import MODEL_PROVIDER, OFFLINE_PROVIDER, FilesReply, PatternLibrary, checked_files, remove_dir
 from agents.errors import INVALID_REQUEST, TOOL_FAILURE, failure
 from agents.models import (
     CleanupResult,
@@ -28,7 +28,15 @@ from agents.models import (
 from agents.mutation import DRIVER as MUTATION_DRIVER
 from agents.mutation import mutants
 from agents.sandbox import Sandbox
-from agents.workspace import Workspaces, file_record
+from agents.workspace import Workspaces, file_record, files_under, safe_join
+
+if TYPE_CHECKING:
+    from agents.llm import LLMGateway
+
+TEST_SYSTEM_PROMPT = (
+    "You are QTest, writing pytest tests that check behaviour, not just that code runs. "
+    "Standard library and pytest only, no network, no sleeps. Reply with JSON only."
+)
 
 TEST_RUNS = Counter("quantum_agent_test_runs_total", "Sandboxed test runs by outcome", ["outcome"])
 TEST_SECONDS = Histogram("quantum_agent_test_run_seconds", "Wall-clock time of a sandboxed test run")
@@ -41,33 +49,58 @@ class TestgenAgent:
 
     __test__ = False
 
-    def __init__(self, workspaces: Workspaces, patterns: PatternLibrary, sandbox: Sandbox) -> None:
+    def __init__(
+        self, workspaces: Workspaces, patterns: PatternLibrary, sandbox: Sandbox, llm: LLMGateway | None = None
+    ) -> None:
         self.workspaces = workspaces
         self.patterns = patterns
         self.sandbox = sandbox
+        self.llm = llm
 
     @activity.defn(name="testgen.generate_tests")
     async def generate_tests(self, inp: GenerateTestsInput) -> GeneratedTests:
-        """Write the pattern's own vetted tests, adapted to the generated module (offline provider)."""
-        if inp.pattern is None:
-            raise failure(INVALID_REQUEST, "the offline provider writes tests only for code from a pattern")
-        pattern = self.patterns.get(inp.pattern)
-        text = pattern.render(pattern.tests_template, module=inp.module, project=inp.module, prompt=inp.prompt)
+        """Write tests for the run's code: from the model when one is configured, else the pattern's own tests."""
+        if self.llm is not None:
+            files, provider = await self._ask_model(inp), MODEL_PROVIDER
+        else:
+            if inp.pattern is None:
+                raise failure(INVALID_REQUEST, "the offline provider writes tests only for code from a pattern")
+            pattern = self.patterns.get(inp.pattern)
+            text = pattern.render(pattern.tests_template, module=inp.module, project=inp.module, prompt=inp.prompt)
+            files, provider = {f"test_{inp.module}.py": text}, OFFLINE_PROVIDER
         tests_dir = self.workspaces.tests(inp.run_id)
         tests_dir.mkdir(parents=True, exist_ok=True)
-        path = tests_dir / f"test_{inp.module}.py"
-        path.write_text(text)
-        count = sum(
-            1
-            for node in ast.walk(ast.parse(text))
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test")
+        records, count = [], 0
+        for rel, text in sorted(files.items()):
+            path = safe_join(tests_dir, rel)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            records.append(file_record(path, self.workspaces.for_run(inp.run_id)))
+            try:
+                tree = ast.parse(text)
+            except SyntaxError as err:
+                raise failure(INVALID_REQUEST, f"generated test file {rel} does not parse: {err}") from None
+            count += sum(
+                1
+                for node in ast.walk(tree)
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test")
+            )
+        return GeneratedTests(run_id=inp.run_id, files=records, provider=provider, test_count=count)
+
+    async def _ask_model(self, inp: GenerateTestsInput) -> dict[str, str]:
+        assert self.llm is not None
+        src = self.workspaces.src(inp.run_id)
+        code = "\n\n".join(f"# file {p.relative_to(src)}\n{p.read_text()}" for p in files_under(src))
+        user = (
+            f"The request was: {inp.prompt}\n\nWrite pytest tests for the module `{inp.module}` below. Test its "
+            "behaviour precisely (they must fail if the code is broken), cover every branch, no network. "
+            f"Name the files test_*.py.\n\n```python\n{code[:12000]}\n```"
         )
-        return GeneratedTests(
-            run_id=inp.run_id,
-            files=[file_record(path, self.workspaces.for_run(inp.run_id))],
-            provider=OFFLINE_PROVIDER,
-            test_count=count,
-        )
+        completion = await self.llm.complete_json(system=TEST_SYSTEM_PROMPT, user=user, schema=FilesReply)
+        files = checked_files(completion.value)
+        if not all(Path(rel).name.startswith("test_") for rel in files):
+            raise failure(INVALID_REQUEST, f"the model named test files {sorted(files)}; they must be test_*.py")
+        return files
 
     @activity.defn(name="testgen.execute_tests")
     async def execute_tests(self, inp: ExecuteTestsInput) -> TestReport:

@@ -9,6 +9,7 @@ from urllib.parse import urlparse
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agents.llm import LLMConfig
 from events.bridge import BridgeConfig
 from events.streams import StreamLimits
 
@@ -18,6 +19,7 @@ TASK_QUEUE = "quantum-workflows"
 DEFAULT_TEMPORAL_ADDRESS = "localhost:7233"
 DEFAULT_NATS_URL = "nats://localhost:4222"
 DEFAULT_METRICS_PORT = 9464
+OPENAI_BASE_URL = "https://api.openai.com/v1"
 
 
 class Settings(BaseSettings):
@@ -27,7 +29,9 @@ class Settings(BaseSettings):
     need in their constructors.
     """
 
-    model_config = SettingsConfigDict(env_prefix="QUANTUM_", env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="QUANTUM_", env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
 
     data_dir: Path = Field(default=Path("./.quantum"), description="Where the embedded stack keeps its state.")
 
@@ -60,10 +64,26 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("QUANTUM_LLM_API_KEY", "OPENAI_API_KEY")
     )
 
+    llm_timeout_seconds: float = Field(default=120.0, gt=0)
+    llm_embedding_model: str = ""
+
     metrics_port: int = DEFAULT_METRICS_PORT
 
     test_timeout_seconds: float = Field(default=180.0, gt=0, description="Wall-clock limit of one test run.")
     deploy_host: str = "127.0.0.1"
+
+    def llm_config(self) -> LLMConfig | None:
+        """The model endpoint, or None for the offline pattern provider (no model named, or nowhere to send it)."""
+        key = self.llm_api_key.get_secret_value() if self.llm_api_key else None
+        if not self.llm_model or not (self.llm_base_url or key):
+            return None
+        return LLMConfig(
+            base_url=self.llm_base_url or OPENAI_BASE_URL,
+            model=self.llm_model,
+            api_key=key,
+            timeout_seconds=self.llm_timeout_seconds,
+            embedding_model=self.llm_embedding_model or None,
+        )
 
     def stream_limits(self) -> StreamLimits:
         return StreamLimits(

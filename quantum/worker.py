@@ -14,6 +14,7 @@ from temporalio.worker import Worker
 from agents.codegen import CodegenAgent, PatternLibrary
 from agents.deploy import DeployAgent
 from agents.infra import InfraAgent
+from agents.llm import LLMGateway
 from agents.patterns import HashingEmbedder, PatternStore, open_client
 from agents.sandbox import Sandbox
 from agents.security import SecurityAgent
@@ -55,6 +56,8 @@ class Agents:
         await self.publisher.close()
         if self.codegen.store is not None:
             await self.codegen.store.close()
+        if self.codegen.llm is not None:
+            await self.codegen.llm.close()
 
 
 def build_agents(settings: Settings, *, nats_url: str | None = None) -> Agents:
@@ -62,9 +65,11 @@ def build_agents(settings: Settings, *, nats_url: str | None = None) -> Agents:
     data = settings.data_path
     workspaces = Workspaces(data / "workspaces")
     patterns = PatternLibrary()
+    llm_config = settings.llm_config()
+    llm = LLMGateway(llm_config) if llm_config else None
     return Agents(
-        codegen=CodegenAgent(workspaces, patterns, build_pattern_store(settings, patterns)),
-        testgen=TestgenAgent(workspaces, patterns, Sandbox()),
+        codegen=CodegenAgent(workspaces, patterns, build_pattern_store(settings, patterns), llm),
+        testgen=TestgenAgent(workspaces, patterns, Sandbox(), llm),
         security=SecurityAgent(workspaces),
         infra=InfraAgent(data / "infra", nats_url or settings.nats_url),
         deploy=DeployAgent(workspaces, data / "deployments", host=settings.deploy_host),

@@ -30,7 +30,7 @@ from events.schemas import catalogue, write_schemas
 from events.streams import DLQ_STREAM, EVENTS_STREAM, ensure_streams
 from quantum.app import bridge_running, running, wait_for_stop_signal
 from quantum.bench import bench_events
-from quantum.bus import BusError, Letter, dead_letters, publish_event, replay_dead_letter, tail
+from quantum.bus import BusError, dead_letters, publish_event, replay_dead_letter, tail
 from quantum.client import connect
 from quantum.metrics import MetricsError
 from quantum.requests import EXAMPLES, RequestError, describe_validation_error, load_model
@@ -117,6 +117,17 @@ async def nats_for(settings: Settings) -> NATS:
             f"NATS at {settings.nats_url} does not answer ({err or type(err).__name__}); start the stack with "
             "`quantum up` or set QUANTUM_NATS_URL"
         ) from None
+
+
+async def on_bus(settings: Settings, action: Callable[[NATS], Awaitable[T]]) -> T:
+    """Connect to NATS, do ``action``, disconnect; a :class:`BusError` becomes a one-line CLI error."""
+    nc = await nats_for(settings)
+    try:
+        return await action(nc)
+    except BusError as err:
+        raise CliError(str(err)) from None
+    finally:
+        await nc.close()
 
 
 async def wait_for_run(handle: WorkflowHandle[Any, Any], timeout: float = 60) -> None:
@@ -277,11 +288,7 @@ def pipeline_request(
     settings = Settings()
 
     async def go() -> RunStatusView | None:
-        nc = await nats_for(settings)
-        try:
-            run_id = await request_pipeline(nc, settings, request)
-        finally:
-            await nc.close()
+        run_id = await on_bus(settings, lambda nc: request_pipeline(nc, settings, request))
         console.print(
             f"requested [bold]{run_id}[/] (event quantum.pipeline.requested {run_id.removeprefix('pipeline-')})"
         )
@@ -438,16 +445,7 @@ def events_publish(file: Annotated[Path, typer.Argument(help="A CloudEvent, JSON
     except EventError as err:
         fail(f"{file}: {err.kind}: {err.reason}")
 
-    async def go() -> int:
-        nc = await nats_for(settings)
-        try:
-            return await publish_event(nc, event, max_bytes=settings.max_event_bytes)
-        except BusError as err:
-            raise CliError(str(err)) from None
-        finally:
-            await nc.close()
-
-    sequence = run(go())
+    sequence = run(on_bus(settings, lambda nc: publish_event(nc, event, max_bytes=settings.max_event_bytes)))
     console.print(f"published {event.type} {event.id} on {event.nats_subject} (stream sequence {sequence})")
 
 
@@ -501,14 +499,7 @@ def dlq_list() -> None:
     """The dead letters, with the reason each was refused."""
     settings = Settings()
 
-    async def go() -> list[Letter]:
-        nc = await nats_for(settings)
-        try:
-            return await dead_letters(nc)
-        finally:
-            await nc.close()
-
-    letters = run(go())
+    letters = run(on_bus(settings, dead_letters))
     table = Table(title=f"{DLQ_STREAM}: {len(letters)} dead letters", title_justify="left")
     for column in ("seq", "time", "from subject", "bytes", "reason"):
         table.add_column(column, overflow="fold")
@@ -525,16 +516,7 @@ def dlq_replay(
     """Publish a dead letter again on its original subject (after its cause is fixed), and drop it from the DLQ."""
     settings = Settings()
 
-    async def go() -> str:
-        nc = await nats_for(settings)
-        try:
-            return await replay_dead_letter(nc, sequence)
-        except BusError as err:
-            raise CliError(str(err)) from None
-        finally:
-            await nc.close()
-
-    subject = run(go())
+    subject = run(on_bus(settings, lambda nc: replay_dead_letter(nc, sequence)))
     console.print(f"replayed dead letter {sequence} on {subject}")
 
 

@@ -185,27 +185,33 @@ class CodegenAgent:
         self.store = store
         self.llm = llm
 
-    async def choose(self, prompt: str) -> tuple[Pattern, float, list[str]]:
-        """The pattern to start from: the closest in the pattern store (top-k noted), or by keywords without one."""
+    async def choose(self, prompt: str) -> tuple[list[tuple[Pattern, float]], list[str]]:
+        """The closest patterns, best first: from the pattern store (top-k), or by keywords without one.
+
+        The offline provider writes the best one and so needs it close enough; a model gets them as context.
+        """
         if self.store is None:
             pattern, score = self.patterns.best_match(prompt)
-            return pattern, score, [f"chosen by keywords (score {score:.2f}); no pattern store configured"]
+            return [(pattern, score)], [f"chosen by keywords (score {score:.2f}); no pattern store configured"]
         matches = await self.store.search(prompt, k=TOP_K)
         ranked = ", ".join(f"{m.name} {m.score:.2f}" for m in matches)
-        if not matches or matches[0].score < MIN_SIMILARITY:
+        if self.llm is None and (not matches or matches[0].score < MIN_SIMILARITY):
             raise failure(
                 NO_PATTERN_MATCH,
                 f"no pattern is close enough to {prompt[:80]!r} (closest: {ranked or 'none'}; "
                 f"needs {MIN_SIMILARITY}); known: {', '.join(self.patterns.patterns)}",
             )
-        return matches[0].pattern, matches[0].score, [f"closest patterns in the store: {ranked}"]
+        if not matches:
+            raise failure(NO_PATTERN_MATCH, "the pattern store is empty")
+        return [(m.pattern, m.score) for m in matches], [f"closest patterns in the store: {ranked}"]
 
     @activity.defn(name="codegen.generate_code")
     async def generate_code(self, inp: GenerateCodeInput) -> GeneratedCode:
         """Generate the request's code from the closest pattern, then lay the request's source files over it."""
         if inp.language != "python":
             raise failure(INVALID_REQUEST, f"language {inp.language!r} is not supported; use python")
-        pattern, score, context = await self.choose(inp.prompt)
+        closest, context = await self.choose(inp.prompt)
+        pattern, score = closest[0]
         module = module_name(inp.project)
         if self.llm is None:
             code = pattern.render(pattern.module_template, module=module, project=inp.project, prompt=inp.prompt)
@@ -220,17 +226,24 @@ class CodegenAgent:
                 ],
             )
         else:
-            draft = await self._ask_model(inp, module, pattern, context)
+            draft = await self._ask_model(inp, module, [p for p, _ in closest], context)
         return await asyncio.to_thread(self._write, inp, pattern, score, module, draft)
 
-    async def _ask_model(self, inp: GenerateCodeInput, module: str, pattern: Pattern, context: list[str]) -> Draft:
+    async def _ask_model(
+        self, inp: GenerateCodeInput, module: str, references: list[Pattern], context: list[str]
+    ) -> Draft:
         assert self.llm is not None
-        example = pattern.render(pattern.module_template, module=module, project=inp.project, prompt=inp.prompt)
+        examples = "\n\n".join(
+            f"Pattern '{p.name}' ({p.description}):\n```python\n"
+            f"{p.render(p.module_template, module=module, project=inp.project, prompt=inp.prompt)[:4000]}\n```"
+            for p in references
+        )
         user = (
             f"Request: {inp.prompt}\n\nWrite the module `{module}.py` (Python 3.11, standard library only). "
             f"Put it in a file named exactly `{module}.py`; more files only if needed, relative .py paths.\n\n"
-            f"A vetted pattern close to the request, for reference:\n```python\n{example[:6000]}\n```"
+            f"Vetted patterns close to the request, closest first, for reference:\n\n{examples}"
         )
+        pattern = references[0]
         completion = await self.llm.complete_json(system=CODE_SYSTEM_PROMPT, user=user, schema=FilesReply)
         files = checked_files(completion.value)
         if f"{module}.py" not in files:

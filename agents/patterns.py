@@ -74,13 +74,13 @@ class PatternStore:
         client: AsyncQdrantClient,
         embed: Embed,
         *,
-        dim: int,
+        dim: int | None = None,
         library: PatternLibrary | None = None,
         collection: str = COLLECTION,
     ) -> None:
         self.client = client
         self.embed = embed
-        self.dim = dim
+        self.dim = dim  # None: learnt from the embedder's first vector
         self.library = library
         self.collection = collection
         self._ready = False
@@ -91,6 +91,8 @@ class PatternStore:
         async with self._lock:
             if self._ready:
                 return
+            if self.dim is None:
+                self.dim = len((await self.embed(["dimension probe"]))[0])
             if not await self.client.collection_exists(self.collection):
                 await self.client.create_collection(
                     self.collection, vectors_config=VectorParams(size=self.dim, distance=Distance.COSINE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from agents.codegen import CodegenAgent, PatternLibrary
 from agents.deploy import DeployAgent
 from agents.infra import InfraAgent
 from agents.llm import LLMGateway
-from agents.patterns import HashingEmbedder, PatternStore, open_client
+from agents.patterns import COLLECTION, HashingEmbedder, PatternStore, open_client
 from agents.sandbox import Sandbox
 from agents.security import SecurityAgent
 from agents.sre import SREAgent
@@ -68,7 +69,7 @@ def build_agents(settings: Settings, *, nats_url: str | None = None) -> Agents:
     llm_config = settings.llm_config()
     llm = LLMGateway(llm_config) if llm_config else None
     return Agents(
-        codegen=CodegenAgent(workspaces, patterns, build_pattern_store(settings, patterns), llm),
+        codegen=CodegenAgent(workspaces, patterns, build_pattern_store(settings, patterns, llm), llm),
         testgen=TestgenAgent(workspaces, patterns, Sandbox(), llm),
         security=SecurityAgent(workspaces),
         infra=InfraAgent(data / "infra", nats_url or settings.nats_url),
@@ -78,14 +79,17 @@ def build_agents(settings: Settings, *, nats_url: str | None = None) -> Agents:
     )
 
 
-def build_pattern_store(settings: Settings, library: PatternLibrary) -> PatternStore:
+def build_pattern_store(settings: Settings, library: PatternLibrary, llm: LLMGateway | None) -> PatternStore:
     """Qdrant (a server when ``QUANTUM_QDRANT_URL`` is set, else local mode in the data dir) with the shipped library.
 
-    Embeddings are the deterministic offline embedder: the shipped patterns and the requests they are matched
-    against are embedded alike, whatever model writes the code.
+    Embeddings come from the model endpoint when it names an embedding model, else from the deterministic offline
+    embedder; each kind has a collection of its own, since their vectors do not mix.
     """
     api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
     client = open_client(url=settings.qdrant_url, api_key=api_key, path=str(settings.data_path / "qdrant"))
+    if llm is not None and llm.config.embedding_model:
+        name = re.sub(r"[^a-z0-9]+", "-", llm.config.embedding_model.lower())
+        return PatternStore(client, llm.embed, library=library, collection=f"{COLLECTION}-{name}")
     embedder = HashingEmbedder()
     return PatternStore(client, embedder, dim=embedder.dim, library=library)
 

@@ -81,7 +81,8 @@ async def test_a_pipeline_with_a_model_endpoint(model_harness: tuple[Harness, Op
     assert view.outputs["coverage"] == 100.0 and view.outputs["mutation_score"] >= 0.5
     assert [r["path"] for r in server.requests] == ["/v1/chat/completions", "/v1/chat/completions"]
     assert [r["headers"].get("authorization") for r in server.requests] == [f"Bearer {KEY}"] * 2
-    assert "```python" in server.requests[0]["json"]["messages"][1]["content"]  # the closest pattern as context
+    context = server.requests[0]["json"]["messages"][1]["content"]
+    assert context.count("Pattern '") == 3 and context.count("```python") == 3  # the top-k patterns as context
     assert KEY not in history  # secrets never enter workflow histories
     statement = json.loads(
         (harness.settings.data_path / "workspaces" / handle.id / "provenance.intoto.json").read_text()
@@ -101,3 +102,28 @@ async def test_a_model_naming_a_file_outside_the_workspace_is_refused(tmp_path: 
         await llm.close()
     assert info.value.type == "UnsafeArtifact" and "../escape.py" in info.value.message
     assert not (tmp_path / "escape.py").exists() and not (tmp_path / "ws" / "escape.py").exists()
+
+
+async def test_embeddings_come_from_the_endpoint_when_it_names_a_model(tmp_path: Path, nats_url: str) -> None:
+    with OpenAIServer() as server:
+        settings = Settings(  # type: ignore[call-arg]
+            data_dir=tmp_path / "data",
+            nats_url=nats_url,
+            llm_base_url=server.url,
+            llm_model="coder-1",
+            llm_embedding_model="embed-small",
+            llm_api_key=KEY,
+            _env_file=None,
+        )
+        agents = build_agents(settings)
+        store = agents.codegen.store
+        assert store is not None
+        try:
+            server.script(*[Reply()] * 3)
+            matches = await store.search("an lru cache")
+        finally:
+            await agents.close()
+    assert store.collection == "quantum-patterns-embed-small" and store.dim == 3
+    assert len(matches) == 3
+    assert [r["json"]["model"] for r in server.requests] == ["embed-small"] * 3  # probe, library, query
+    assert len(server.requests[1]["json"]["input"]) == len(PatternLibrary().patterns)

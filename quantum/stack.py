@@ -242,6 +242,15 @@ class _Process:
             raise
         log.debug("%s (pid %d) stopped with %s", self.name, proc.pid, proc.returncode)
 
+    async def start(self, ready: Callable[[], Awaitable[bool]], timeout: float) -> None:
+        """Spawn, then wait until ``ready`` says yes; on any failure (or a cancellation) stop it again."""
+        await self.spawn()
+        try:
+            await self.wait_ready(ready, timeout)
+        except BaseException:
+            await self.stop()
+            raise
+
     async def wait_ready(self, ready: Callable[[], Awaitable[bool]], timeout: float) -> None:
         """Poll ``ready`` until it says yes; stop the process and raise when it exits or time runs out."""
         loop = asyncio.get_running_loop()
@@ -347,12 +356,7 @@ class TemporalDevServer:
         """
         if self.db_file is not None:
             self.db_file.parent.mkdir(parents=True, exist_ok=True)
-        await self._process.spawn()
-        try:
-            await self._process.wait_ready(self._ready, timeout)
-        except BaseException:
-            await self.stop()
-            raise
+        await self._process.start(self._ready, timeout)
 
     async def _ready(self) -> bool:
         if not await temporal_answers(self.address):
@@ -409,12 +413,7 @@ class NatsServer:
             StackError: It exited or was not ready in time; the message ends with its log.
         """
         self._write_config()
-        await self._process.spawn()
-        try:
-            await self._process.wait_ready(self._ready, timeout)
-        except BaseException:
-            await self.stop()
-            raise
+        await self._process.start(self._ready, timeout)
 
     async def _ready(self) -> bool:
         if not await nats_answers(self.url):

@@ -12,7 +12,9 @@ from events.models import (
     InfraResource,
     PipelineRequest,
     ReviewDecision,
+    ReviewInput,
     TestPolicy,
+    normalise_identity,
 )
 
 __all__ = [
@@ -24,5 +26,7 @@ __all__ = [
     "InfraResource",
     "PipelineRequest",
     "ReviewDecision",
+    "ReviewInput",
     "TestPolicy",
+    "normalise_identity",
 ]

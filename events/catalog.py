@@ -3,26 +3,36 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from events.envelope import CloudEvent, InvalidEvent, UnknownEventType, describe
-from events.models import CodeRequest, InfraRequest, PipelineRequest, ReviewDecision
+from events.models import (
+    MAX_COMMENT_CHARS,
+    CodeRequest,
+    InfraRequest,
+    Person,
+    PipelineRequest,
+    ReviewDecision,
+    ReviewInput,
+)
 
 RunId = str
+InboundRunId = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")]
+"""The id of a run an inbound event acts on: any workflow id up to 255 characters without control characters."""
 
 
 class _Data(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ReviewSubmitted(ReviewDecision):
+class ReviewSubmitted(ReviewInput):
     """``quantum.review.submitted``: a review of a run's gate, turned into the ``review`` signal."""
 
     model_config = ConfigDict(extra="forbid")
 
-    pipeline_id: RunId = Field(min_length=1)
+    pipeline_id: InboundRunId
 
     def decision(self) -> ReviewDecision:
         return ReviewDecision(gate=self.gate, reviewer=self.reviewer, approved=self.approved, comment=self.comment)
@@ -31,9 +41,9 @@ class ReviewSubmitted(ReviewDecision):
 class CancelRequested(_Data):
     """``quantum.pipeline.cancel_requested``: cancel a run; its compensations run."""
 
-    pipeline_id: RunId = Field(min_length=1)
-    requested_by: str = Field(min_length=1)
-    reason: str = ""
+    pipeline_id: InboundRunId
+    requested_by: Person
+    reason: str = Field(default="", max_length=MAX_COMMENT_CHARS)
 
 
 class PipelineStarted(_Data):

@@ -7,6 +7,7 @@ activity (or a replayed workflow) publishes a duplicate that JetStream drops wit
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 from collections.abc import Callable
 from typing import Any
@@ -41,8 +42,23 @@ class PublishedEvent(BaseModel):
     duplicate: bool
 
 
+_PLAIN_RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,150}$")
+_PLAIN_STEP = re.compile(r"^[a-z0-9_.]{1,80}$")
+
+
 def event_id(workflow_id: str, step: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._:-]", "_", f"{workflow_id}.{step}")
+    """The id of a run's outbound event for ``step``: distinct for every distinct (run, step) pair.
+
+    A plain run id (letters, digits, ``_``, ``-``) gives ``<run id>.<step>``; any other gives
+    ``<run id made plain>:<digest of run id and step>.<step>``. The first kind has no ``:`` before its first ``.``
+    and the second has, so the two never meet; and two runs whose ids read alike once made plain (``coll:2`` and
+    ``coll_2``) differ by the digest, so neither's events are dropped as duplicates of the other's.
+    """
+    if _PLAIN_RUN_ID.match(workflow_id) and _PLAIN_STEP.match(step):
+        return f"{workflow_id}.{step}"
+    readable = re.sub(r"[^A-Za-z0-9_-]", "_", workflow_id)[:100]
+    digest = hashlib.sha256(f"{workflow_id}\x00{step}".encode(errors="surrogatepass")).hexdigest()[:24]
+    return f"{readable}:{digest}.{re.sub(r'[^A-Za-z0-9_.-]', '_', step)[:80]}"
 
 
 class EventPublisher:

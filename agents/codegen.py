@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import json
 import re
-import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,7 +32,15 @@ from agents.models import (
     GeneratedCode,
     RunRef,
 )
-from agents.workspace import Workspaces, file_record, files_under, safe_join, sha256_file
+from agents.workspace import (
+    Workspaces,
+    file_record,
+    files_under,
+    relative_path_problem,
+    remove_tree,
+    safe_join,
+    sha256_file,
+)
 
 if TYPE_CHECKING:
     from agents.llm import LLMGateway
@@ -80,12 +87,13 @@ class Draft:
 
 
 def checked_files(reply: FilesReply, *, suffix: str = ".py") -> dict[str, str]:
-    """The reply's files, refusing absolute paths, ``..`` and anything but Python files."""
+    """The reply's files, refusing unsafe paths (see :func:`relative_path_problem`) and anything but ``suffix``."""
     files: dict[str, str] = {}
     for item in reply.files:
         rel = item.path.strip()
-        if rel.startswith("/") or ".." in Path(rel).parts or "\\" in rel or not rel.endswith(suffix):
-            raise failure(UNSAFE_ARTIFACT, f"the model named a file {rel!r}: only relative {suffix} paths are allowed")
+        problem = relative_path_problem(rel) or (None if rel.endswith(suffix) else f"does not end in {suffix}")
+        if problem:
+            raise failure(UNSAFE_ARTIFACT, f"the model named a file {rel[:200]!r} that {problem}")
         files[rel] = item.content
     return files
 
@@ -263,9 +271,9 @@ class CodegenAgent:
     def _write(
         self, inp: GenerateCodeInput, pattern: Pattern, score: float, module: str, draft: Draft
     ) -> GeneratedCode:
+        self.workspaces.claim(inp.run_id)
         src = self.workspaces.src(inp.run_id)
-        if src.exists():
-            shutil.rmtree(src)  # a retry starts from a clean directory: same input, same files
+        remove_tree(src)  # a retry starts from a clean directory: same input, same files
         src.mkdir(parents=True)
         written: list[Path] = []
         notes = list(draft.notes)
@@ -349,7 +357,14 @@ class CodegenAgent:
 
     @activity.defn(name="codegen.cleanup_code")
     async def cleanup_code(self, ref: RunRef) -> CleanupResult:
-        """Remove the run's generated code and its provenance (compensation); nothing to remove is fine."""
+        """Remove the run's generated code and its provenance (compensation); nothing to remove is fine.
+
+        Only a workspace whose owner file names this run is touched: a compensation undoes its own run's work only.
+        """
+        if not self.workspaces.for_run(ref.run_id).exists():
+            return CleanupResult(removed=[])
+        if not self.workspaces.owned_by(ref.run_id):
+            raise failure(UNSAFE_ARTIFACT, f"the workspace of {ref.run_id} is not this run's: nothing removed")
         statement = self.workspaces.for_run(ref.run_id) / provenance.FILE_NAME
         removed = remove_dir(self.workspaces.src(ref.run_id))
         if statement.exists():
@@ -366,5 +381,5 @@ def remove_dir(path: Path) -> CleanupResult:
     if not path.exists():
         return CleanupResult(removed=[])
     removed = [p.as_posix() for p in files_under(path, "*")]
-    shutil.rmtree(path)
+    remove_tree(path)
     return CleanupResult(removed=removed)

@@ -7,6 +7,8 @@ stream), so that ``destroy`` removes exactly what its run created and nothing el
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
 import shutil
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -40,7 +42,13 @@ RESOURCES = Counter("quantum_agent_infra_resources_total", "Resources created or
 
 
 def stream_name(project: str, name: str) -> str:
-    return f"{STREAM_PREFIX}{project}_{name}".upper().replace("-", "_")
+    """The JetStream stream of ``project``'s resource ``name``: readable, and distinct for distinct pairs.
+
+    ``a`` + ``b_c`` and ``a_b`` + ``c`` read alike (``A_B_C``), so the name ends with a digest of the pair.
+    """
+    readable = re.sub(r"[^A-Z0-9_]", "_", f"{project}_{name}".upper())[:80]
+    digest = hashlib.sha256(f"{project}/{name}".encode()).hexdigest()[:10]
+    return f"{STREAM_PREFIX}{readable}_{digest}"
 
 
 def owner_mark(run_id: str) -> str:

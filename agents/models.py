@@ -6,9 +6,9 @@ Each activity takes one model and returns one, so fields can be added compatibly
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 Impact = Literal["LOW", "MEDIUM", "HIGH"]
 
@@ -91,6 +91,9 @@ class ExecuteTestsInput(_Model):
     module: str
     timeout_seconds: float = 180.0
     mutants: int = Field(default=4, ge=0, le=20, description="Broken variants the tests must catch (0: none).")
+    min_mutation_score: float = Field(
+        default=0.0, ge=0, le=1, description="The policy's score; above 0, a run that yields no score has a problem."
+    )
 
 
 class TestReport(_Model):
@@ -110,6 +113,11 @@ class TestReport(_Model):
     mutants_killed: int = 0
     mutation_score: float | None = Field(default=None, description="Share of mutants the tests caught, 0 to 1.")
     surviving_mutants: list[str] = Field(default_factory=list)
+    problems: list[str] = Field(
+        default_factory=list,
+        description="Why the result cannot be trusted (a report missing, unreadable or contradicting pytest's exit "
+        "status; a mutation score that could not be measured). Any problem fails the test policy.",
+    )
 
 
 # --- QSecure: security scanning -----------------------------------------------------------------------------------
@@ -143,9 +151,13 @@ class ScanReport(_Model):
 # --- QInfra: infrastructure ---------------------------------------------------------------------------------------
 
 
+ResourceName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,39}$")]
+"""A project or resource name, which becomes part of a path and a stream name."""
+
+
 class ResourceSpec(_Model):
     kind: Literal["directory", "stream"]
-    name: str
+    name: ResourceName
     subjects: list[str] = Field(default_factory=list)
     max_bytes: int = 64 * 1024 * 1024
     max_age_seconds: int = 0
@@ -153,7 +165,7 @@ class ResourceSpec(_Model):
 
 class PlanInfraInput(_Model):
     run_id: str
-    project: str
+    project: ResourceName
     environment: str
     resources: list[ResourceSpec]
 

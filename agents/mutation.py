@@ -107,23 +107,3 @@ def mutants(source: str, limit: int) -> list[Mutant]:
         description = _mutate(node, kind)
         found.append(Mutant(description=description, source=ast.unparse(ast.fix_missing_locations(clone))))
     return found
-
-
-DRIVER = """
-import json, os, subprocess, sys
-os.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the run's workspace
-results = []
-for name in sorted(os.listdir("mutants")):
-    folder = os.path.join("mutants", name)
-    if not os.path.isdir(folder):
-        continue
-    env = dict(os.environ, PYTHONPATH=folder + os.pathsep + "src")
-    argv = [sys.executable, "-m", "pytest", "-q", "-x", "-c", "pytest.ini", "--rootdir", ".", "tests"]
-    try:
-        killed = subprocess.run(argv, env=env, capture_output=True, timeout=20).returncode != 0
-    except subprocess.TimeoutExpired:
-        killed = True  # the mutant hangs the tests: they noticed
-    results.append({"mutant": name, "killed": killed})
-print(json.dumps(results))
-"""
-"""Runs inside the sandbox: the tests against each mutant in turn, one JSON line of results at the end."""

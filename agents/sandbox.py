@@ -4,12 +4,12 @@ bubblewrap when it is installed: every namespace unshared (no network), the syst
 workspace writable (mounted at ``/workspace``), a cleared environment, uid 65534, all capabilities dropped, and
 ``prlimit`` caps on memory, CPU time, processes, open files and file size. Without bubblewrap, ``unshare`` gives a
 new user and network namespace with the same limits and a cleared environment, and the result says so. Generated
-code is never run with plain exec. A wall-clock timeout kills the whole process group.
+code is never run with plain exec. A wall-clock timeout, or the cancellation of the caller, kills the whole process
+group, and the run's pids cgroup kills whatever escaped it; output is read with a bound.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -21,10 +21,14 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from agents.processes import run_bounded
+
 log = logging.getLogger(__name__)
 
 SANDBOX_MOUNT = "/workspace"
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
+MAX_OUTPUT_BYTES = 256 * 1024
+"""The last bytes of each of stdout and stderr kept from a sandboxed run; the rest is read and dropped."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,8 @@ class Sandbox:
         argv = [
             self._bwrap or "bwrap",
             "--unshare-all",
+            "--unshare-user",
+            "--disable-userns",
             "--die-with-parent",
             "--new-session",
             "--cap-drop",
@@ -205,35 +211,18 @@ class Sandbox:
             cgroup.destroy()
 
     async def _run(self, full: list[str], workspace: Path, timeout: float, isolation: str) -> SandboxResult:
-        proc = await asyncio.create_subprocess_exec(
-            *full,
-            cwd=str(workspace),
+        done = await run_bounded(
+            full,
+            timeout=timeout,
             env={"PATH": SANDBOX_PATH},
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
+            cwd=workspace,
+            max_output=MAX_OUTPUT_BYTES,
+            keep_tail=True,
         )
-        timed_out = False
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout)
-        except (TimeoutError, asyncio.CancelledError) as stop:
-            timed_out = isinstance(stop, asyncio.TimeoutError)
-            _kill_group(proc.pid)
-            out, err = await proc.communicate()
-            if not timed_out:
-                raise
         return SandboxResult(
-            returncode=proc.returncode if proc.returncode is not None else -1,
-            stdout=out.decode(errors="replace"),
-            stderr=err.decode(errors="replace"),
-            timed_out=timed_out,
+            returncode=done.returncode,
+            stdout=done.stdout.decode(errors="replace"),
+            stderr=done.stderr.decode(errors="replace"),
+            timed_out=done.timed_out,
             isolation=isolation,
         )
-
-
-def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

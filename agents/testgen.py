@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 import json
-import shutil
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree
 
+from defusedxml import ElementTree as DefusedET
+from defusedxml.common import DefusedXmlException
 from prometheus_client import Counter, Histogram
 from temporalio import activity
 
 from agents.codegen import MODEL_PROVIDER, OFFLINE_PROVIDER, FilesReply, PatternLibrary, checked_files, remove_dir
-from agents.errors import INVALID_REQUEST, TOOL_FAILURE, failure
+from agents.errors import INVALID_REQUEST, UNSAFE_ARTIFACT, failure
 from agents.models import (
     CleanupResult,
     ExecuteTestsInput,
@@ -25,10 +28,17 @@ from agents.models import (
     RunRef,
     TestReport,
 )
-from agents.mutation import DRIVER as MUTATION_DRIVER
 from agents.mutation import mutants
-from agents.sandbox import Sandbox
-from agents.workspace import Workspaces, file_record, files_under, safe_join
+from agents.sandbox import Sandbox, SandboxResult
+from agents.workspace import (
+    UntrustedFile,
+    Workspaces,
+    copy_files,
+    file_record,
+    files_under,
+    read_untrusted,
+    safe_join,
+)
 
 if TYPE_CHECKING:
     from agents.llm import LLMGateway
@@ -42,6 +52,11 @@ TEST_RUNS = Counter("quantum_agent_test_runs_total", "Sandboxed test runs by out
 TEST_SECONDS = Histogram("quantum_agent_test_run_seconds", "Wall-clock time of a sandboxed test run")
 
 PYTEST_INI = "[pytest]\naddopts = -p no:cacheprovider\n"
+MAX_JUNIT_BYTES = 4 * 1024 * 1024
+MAX_COVERAGE_BYTES = 8 * 1024 * 1024
+MAX_PROBLEMS = 10
+MAX_PROBLEM_CHARS = 500
+MUTANT_MIN_SECONDS = 20.0
 
 
 class TestgenAgent:
@@ -68,6 +83,7 @@ class TestgenAgent:
             pattern = self.patterns.get(inp.pattern)
             text = pattern.render(pattern.tests_template, module=inp.module, project=inp.module, prompt=inp.prompt)
             files, provider = {f"test_{inp.module}.py": text}, OFFLINE_PROVIDER
+        self.workspaces.claim(inp.run_id)
         tests_dir = self.workspaces.tests(inp.run_id)
         tests_dir.mkdir(parents=True, exist_ok=True)
         records, count = [], 0
@@ -106,103 +122,125 @@ class TestgenAgent:
     async def execute_tests(self, inp: ExecuteTestsInput) -> TestReport:
         """Run the tests under pytest + coverage in the sandbox; report counts, coverage and the JUnit file.
 
-        Failing tests are a result, not an error: the workflow applies the test policy. Only a run that produced
-        no report at all (and did not time out) is a ``ToolFailure``.
+        The sandbox gets a fresh scratch copy of the run's code and tests, never the run's own files. What the code
+        under test leaves there is hostile: the JUnit and coverage reports are read without following links, with a
+        size bound, and count only when they agree with pytest's exit status, which the worker sees itself. A report
+        that is missing, unreadable or contradicts the exit status is a *problem*: the run cannot pass. Failing tests
+        are a result, not an error: the workflow applies the test policy.
         """
-        root = self.workspaces.for_run(inp.run_id)
-        if not (root / "tests").is_dir():
+        root = self.workspaces.claim(inp.run_id)
+        if not files_under(root / "tests"):
             raise failure(INVALID_REQUEST, f"no tests to run for {inp.run_id}")
-        reports = root / "reports"
-        if reports.exists():
-            shutil.rmtree(reports)
-        reports.mkdir(parents=True)
-        (root / "pytest.ini").write_text(PYTEST_INI)
-        inside = self.sandbox.workdir(root)
-        argv = [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-c",
-            f"{inside}/pytest.ini",
-            "--rootdir",
-            inside,
-            f"--cov={inp.module}",
-            f"--cov-report=json:{inside}/reports/coverage.json",
-            f"--junitxml={inside}/reports/junit.xml",
-            f"{inside}/tests",
-        ]
-        env = {"PYTHONPATH": f"{inside}/src", "COVERAGE_FILE": f"{inside}/reports/.coverage"}
         started = time.monotonic()
-        result = await self.sandbox.run(argv, workspace=root, timeout=inp.timeout_seconds, env=env)
-        duration = time.monotonic() - started
+        with self.workspaces.scratch(inp.run_id) as scratch:
+            await asyncio.to_thread(self._prepare, root, scratch)
+            result = await self.sandbox.run(
+                self._pytest_argv(scratch, inp.module),
+                workspace=scratch,
+                timeout=inp.timeout_seconds,
+                env=self._env(scratch),
+            )
+            duration = time.monotonic() - started
+            reports = await asyncio.to_thread(_read_reports, scratch)
         TEST_SECONDS.observe(duration)
-        output = (result.stdout + result.stderr)[-4000:]
-        junit = reports / "junit.xml"
-        if not junit.is_file():
-            if result.timed_out:
-                TEST_RUNS.labels("timed_out").inc()
-                return TestReport(
-                    passed=0,
-                    failed=0,
-                    errors=1,
-                    coverage=0.0,
-                    duration_seconds=round(duration, 3),
-                    junit_report="",
-                    isolation=result.isolation,
-                    timed_out=True,
-                    output_tail=output,
-                )
-            TEST_RUNS.labels("no_report").inc()
-            raise failure(TOOL_FAILURE, f"pytest produced no report (exit {result.returncode}): {output[-800:]}")
-        counts = _junit_counts(junit)
-        coverage = _coverage_percent(reports / "coverage.json")
-        passed = counts["failed"] + counts["errors"] == 0 and not result.timed_out
-        TEST_RUNS.labels("passed" if passed else "failed").inc()
-        report = TestReport(
-            **counts,
-            coverage=coverage,
-            duration_seconds=round(duration, 3),
-            junit_report=str(junit),
-            isolation=result.isolation,
-            timed_out=result.timed_out,
-            output_tail=output,
-        )
-        if passed and inp.mutants:
+        report = await asyncio.to_thread(self._verdict, root, inp, result, reports, duration)
+        TEST_RUNS.labels(_outcome(report)).inc()
+        if report.passed and not report.problems and not report.failed and not report.errors and inp.mutants:
             report = await self._mutation_test(root, inp, report)
         return report
 
+    def _prepare(self, root: Path, scratch: Path) -> None:
+        """Fill a fresh scratch directory with copies of the run's code and tests (links never copied)."""
+        copy_files(root / "src", scratch / "src")
+        copy_files(root / "tests", scratch / "tests")
+        (scratch / "pytest.ini").write_text(PYTEST_INI)
+        (scratch / "reports").mkdir()
+
+    def _env(self, scratch: Path) -> dict[str, str]:
+        inside = self.sandbox.workdir(scratch)
+        return {"PYTHONPATH": f"{inside}/src", "COVERAGE_FILE": f"{inside}/reports/.coverage"}
+
+    def _pytest_argv(self, scratch: Path, module: str, *, coverage: bool = True) -> list[str]:
+        inside = self.sandbox.workdir(scratch)
+        argv = [sys.executable, "-m", "pytest", "-q", "-c", f"{inside}/pytest.ini", "--rootdir", inside]
+        if coverage:
+            argv += [
+                f"--cov={module}",
+                f"--cov-report=json:{inside}/reports/coverage.json",
+                f"--junitxml={inside}/reports/junit.xml",
+            ]
+        else:
+            argv += ["-x", "-p", "no:cov"]
+        return [*argv, f"{inside}/tests"]
+
+    def _verdict(
+        self, root: Path, inp: ExecuteTestsInput, result: SandboxResult, reports: Reports, duration: float
+    ) -> TestReport:
+        output = (result.stdout + result.stderr)[-4000:]
+        problems = [] if result.timed_out else list(reports.problems)
+        counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
+        junit_path = ""
+        if reports.junit is not None:
+            counts = reports.junit
+            kept = root / "reports"
+            kept.mkdir(exist_ok=True)
+            (kept / "junit.xml").write_bytes(reports.junit_bytes)
+            junit_path = str(kept / "junit.xml")
+            all_passed = counts["failed"] + counts["errors"] == 0 and counts["passed"] > 0
+            if result.returncode == 0 and not all_passed:
+                problems.append(f"pytest exited 0 but its report counts {counts}")
+            if result.returncode != 0 and all_passed and not result.timed_out:
+                problems.append(f"pytest exited {result.returncode} but its report says every test passed")
+        elif not result.timed_out:
+            problems.append(f"pytest (exit {result.returncode}) left no usable report")
+        if result.timed_out:
+            counts = {**counts, "errors": max(1, counts["errors"])}
+        return TestReport(
+            **counts,
+            coverage=reports.coverage if reports.coverage is not None else 0.0,
+            duration_seconds=round(duration, 3),
+            junit_report=junit_path,
+            isolation=result.isolation,
+            timed_out=result.timed_out,
+            output_tail=output,
+            problems=[p[:MAX_PROBLEM_CHARS] for p in problems[:MAX_PROBLEMS]],
+        )
+
     async def _mutation_test(self, root: Path, inp: ExecuteTestsInput, report: TestReport) -> TestReport:
-        """Run the passing tests against a few mutants of the module; the share they catch is the score."""
+        """Run the passing tests against a few mutants of the module, each in a fresh sandbox; the share they catch
+        is the score. A mutant is caught when pytest, watched by the worker itself, exits non-zero or times out.
+
+        When mutants were asked for and none could be run, the report says so as a problem when the policy needs a
+        score: a policy check whose input is missing fails.
+        """
         module = root / "src" / f"{inp.module}.py"
-        found = mutants(module.read_text(), inp.mutants) if module.is_file() else []
+        found = mutants(module.read_text(), inp.mutants) if module.is_file() and not module.is_symlink() else []
         if not found:
+            note = f"mutation testing found nothing to mutate in {inp.module}.py"
+            if inp.min_mutation_score > 0:
+                return report.model_copy(update={"problems": [*report.problems, note]})
             return report
-        folder = root / "mutants"
-        shutil.rmtree(folder, ignore_errors=True)
-        for index, mutant in enumerate(found):
-            (folder / f"m{index}").mkdir(parents=True)
-            (folder / f"m{index}" / f"{inp.module}.py").write_text(mutant.source)
-        (folder / "run.py").write_text(MUTATION_DRIVER)
-        inside = self.sandbox.workdir(root)
-        try:
-            result = await self.sandbox.run(
-                [sys.executable, f"{inside}/mutants/run.py"], workspace=root, timeout=inp.timeout_seconds
-            )
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-        lines = [line for line in result.stdout.splitlines() if line.startswith("[")]
-        if not lines:
-            activity.logger.warning("mutation run gave no result: %s", (result.stdout + result.stderr)[-500:])
-            return report
-        outcomes = json.loads(lines[-1])
-        killed = [o for o in outcomes if o["killed"]]
-        surviving = [found[int(o["mutant"][1:])].description for o in outcomes if not o["killed"]]
+        limit = min(inp.timeout_seconds, max(MUTANT_MIN_SECONDS, 3 * report.duration_seconds))
+        surviving, killed = [], 0
+        for mutant in found:
+            with self.workspaces.scratch(inp.run_id) as scratch:
+                await asyncio.to_thread(self._prepare, root, scratch)
+                (scratch / "src" / f"{inp.module}.py").write_text(mutant.source)
+                result = await self.sandbox.run(
+                    self._pytest_argv(scratch, inp.module, coverage=False),
+                    workspace=scratch,
+                    timeout=limit,
+                    env=self._env(scratch),
+                )
+            if result.timed_out or result.returncode != 0:
+                killed += 1
+            else:
+                surviving.append(mutant.description)
         return report.model_copy(
             update={
-                "mutants_total": len(outcomes),
-                "mutants_killed": len(killed),
-                "mutation_score": round(len(killed) / len(outcomes), 3) if outcomes else None,
+                "mutants_total": len(found),
+                "mutants_killed": killed,
+                "mutation_score": round(killed / len(found), 3),
                 "surviving_mutants": surviving,
             }
         )
@@ -210,29 +248,91 @@ class TestgenAgent:
     @activity.defn(name="testgen.cleanup_tests")
     async def cleanup_tests(self, ref: RunRef) -> CleanupResult:
         """Remove the run's tests and reports (compensation); nothing to remove is fine."""
+        if not self.workspaces.for_run(ref.run_id).exists():
+            return CleanupResult(removed=[])
+        if not self.workspaces.owned_by(ref.run_id):
+            raise failure(UNSAFE_ARTIFACT, f"the workspace of {ref.run_id} is not this run's: nothing removed")
         root = self.workspaces.for_run(ref.run_id)
         removed = remove_dir(root / "tests").removed + remove_dir(root / "reports").removed
-        (root / "pytest.ini").unlink(missing_ok=True)
+        removed += self.workspaces.remove_scratch(ref.run_id)
         return CleanupResult(removed=removed)
 
     def activities(self) -> list[Callable[..., Any]]:
         return [self.generate_tests, self.execute_tests, self.cleanup_tests]
 
 
-def _junit_counts(path: Path) -> dict[str, int]:
-    tree = ElementTree.parse(path)
-    suites = [tree.getroot()] if tree.getroot().tag == "testsuite" else tree.getroot().findall("testsuite")
+@dataclass
+class Reports:
+    """What the worker could trust of the reports pytest left in a scratch directory."""
+
+    junit: dict[str, int] | None = None
+    junit_bytes: bytes = b""
+    coverage: float | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+def _read_reports(scratch: Path) -> Reports:
+    """Read the JUnit and coverage reports from a scratch directory written by untrusted code."""
+    found = Reports()
+    try:
+        found.junit_bytes = read_untrusted(scratch, "reports/junit.xml", max_bytes=MAX_JUNIT_BYTES)
+        found.junit = junit_counts(found.junit_bytes)
+    except UntrustedFile as err:
+        found.problems.append(f"JUnit report: {err.reason}")
+    except ValueError as err:
+        found.problems.append(f"JUnit report: {err}")
+    try:
+        found.coverage = coverage_percent(
+            read_untrusted(scratch, "reports/coverage.json", max_bytes=MAX_COVERAGE_BYTES)
+        )
+    except UntrustedFile as err:
+        found.problems.append(f"coverage report: {err.reason}")
+    except ValueError as err:
+        found.problems.append(f"coverage report: {err}")
+    return found
+
+
+def junit_counts(data: bytes) -> dict[str, int]:
+    """Test counts from a JUnit XML report (parsed with entity expansion and external references refused)."""
+    try:
+        root = DefusedET.fromstring(data)
+    except (ElementTree.ParseError, DefusedXmlException) as err:
+        raise ValueError(f"not a JUnit XML report ({err})") from None
+    suites = [root] if root.tag == "testsuite" else root.findall("testsuite") if root.tag == "testsuites" else None
+    if not suites:
+        raise ValueError(f"not a JUnit XML report (root <{str(root.tag)[:40]}>)")
     total = failed = errors = skipped = 0
-    for suite in suites:
-        total += int(suite.get("tests", 0))
-        failed += int(suite.get("failures", 0))
-        errors += int(suite.get("errors", 0))
-        skipped += int(suite.get("skipped", 0))
+    try:
+        for suite in suites:
+            total += int(suite.get("tests", 0))
+            failed += int(suite.get("failures", 0))
+            errors += int(suite.get("errors", 0))
+            skipped += int(suite.get("skipped", 0))
+    except ValueError:
+        raise ValueError("its counts are not numbers") from None
+    if min(total, failed, errors, skipped) < 0 or failed + errors + skipped > total:
+        raise ValueError(f"its counts do not add up ({total} tests, {failed} failed, {errors} errors)")
     return {"passed": total - failed - errors - skipped, "failed": failed, "errors": errors, "skipped": skipped}
 
 
-def _coverage_percent(path: Path) -> float:
-    if not path.is_file():
-        return 0.0
-    data = json.loads(path.read_text())
-    return float(data.get("totals", {}).get("percent_covered", 0.0))
+def coverage_percent(data: bytes) -> float:
+    """Line coverage from coverage.py's JSON report, refusing one that measured no file."""
+    try:
+        report = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise ValueError("not JSON") from None
+    totals = report.get("totals") if isinstance(report, dict) else None
+    percent = totals.get("percent_covered") if isinstance(totals, dict) else None
+    if not isinstance(percent, (int, float)) or isinstance(percent, bool) or not 0 <= percent <= 100:
+        raise ValueError("no total percentage between 0 and 100")
+    if not isinstance(report.get("files"), dict) or not report["files"]:
+        raise ValueError("it measured no file")
+    return float(percent)
+
+
+def _outcome(report: TestReport) -> str:
+    if report.timed_out:
+        return "timed_out"
+    if report.problems:
+        return "untrusted"
+    return "passed" if report.failed + report.errors == 0 and report.passed else "failed"

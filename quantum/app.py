@@ -87,6 +87,8 @@ async def running(
             exits.callback(server.shutdown)
             metrics_url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
         if with_worker:
+            for run_id, action in agents.deploy.restore():
+                (say or log.info)(f"release of {run_id}: {action}")
             worker = new_worker(client, agents.activities(), task_queue=settings.task_queue)
             await exits.enter_async_context(worker)
         if with_bridge:

@@ -23,6 +23,7 @@ from agents.sre import SREAgent
 from agents.testgen import TestgenAgent
 from agents.workspace import Workspaces
 from events.publisher import EventPublisher
+from quantum.heartbeat import HeartbeatInterceptor
 from quantum.settings import Settings
 from workflows import WORKFLOWS
 
@@ -117,11 +118,13 @@ def new_worker(
     task_queue: str,
     **options: Any,
 ) -> Worker:
-    """A worker for the three workflows and ``activities`` on ``task_queue``."""
+    """A worker for the three workflows and ``activities`` on ``task_queue``; every activity heartbeats."""
+    interceptors = [HeartbeatInterceptor(), *options.pop("interceptors", [])]
     return Worker(
         client,
         task_queue=task_queue,
         workflows=list(WORKFLOWS),
         activities=list(activities),
+        interceptors=interceptors,
         **options,
     )

@@ -28,21 +28,25 @@ async def generate(run: Run, inp: GenerateCodeInput) -> GeneratedCode:
         "cleanup_code",
         lambda: workflow.execute_activity_method(CodegenAgent.cleanup_code, ref, **presets.COMPENSATION),
     )
-    code: GeneratedCode = await workflow.execute_activity_method(CodegenAgent.generate_code, inp, **presets.QUICK)
+    code: GeneratedCode = await workflow.execute_activity_method(
+        CodegenAgent.generate_code, inp, **presets.stage(presets.QUICK)
+    )
     run.view.outputs.update(provider=code.provider, model=code.model, pattern=code.pattern, module=code.module)
     return code
 
 
 async def validate(run: Run, run_id: str, *, stage: str) -> None:
     """Check the generated files (paths, syntax); stop the run naming every problem."""
-    result = await workflow.execute_activity_method(CodegenAgent.validate_code, RunRef(run_id=run_id), **presets.QUICK)
+    result = await workflow.execute_activity_method(
+        CodegenAgent.validate_code, RunRef(run_id=run_id), **presets.stage(presets.QUICK)
+    )
     if not result.ok:
         raise run.fail_stage(stage, "; ".join(result.errors) or "generated code is invalid")
 
 
 async def fingerprint(run: Run, run_id: str) -> Fingerprint:
     result: Fingerprint = await workflow.execute_activity_method(
-        CodegenAgent.fingerprint_code, RunRef(run_id=run_id), **presets.QUICK
+        CodegenAgent.fingerprint_code, RunRef(run_id=run_id), **presets.stage(presets.QUICK)
     )
     run.view.outputs.update(release=result.digest, files=len(result.files))
     return result

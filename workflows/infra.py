@@ -27,7 +27,7 @@ def plan_input(run_id: str, project: str, environment: str, resources: list[Infr
 
 
 async def plan(run: Run, inp: PlanInfraInput) -> InfraPlan:
-    result: InfraPlan = await workflow.execute_activity_method(InfraAgent.plan, inp, **presets.QUICK)
+    result: InfraPlan = await workflow.execute_activity_method(InfraAgent.plan, inp, **presets.stage(presets.QUICK))
     run.view.outputs.update(
         infra_impact=result.impact,
         infra_changes=", ".join(f"{c.action} {c.kind} {c.name}" for c in result.changes),
@@ -48,7 +48,9 @@ async def provision(run: Run, infra_plan: InfraPlan) -> ProvisionResult:
         "destroy_infra",
         lambda: workflow.execute_activity_method(InfraAgent.destroy, ref, **presets.COMPENSATION),
     )
-    result: ProvisionResult = await workflow.execute_activity_method(InfraAgent.provision, infra_plan, **presets.INFRA)
+    result: ProvisionResult = await workflow.execute_activity_method(
+        InfraAgent.provision, infra_plan, **presets.stage(presets.INFRA)
+    )
     run.view.outputs["infra_resources"] = ", ".join(r.address for r in result.resources)
     return result
 

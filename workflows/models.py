@@ -24,6 +24,23 @@ PIPELINE_STAGES: tuple[str, ...] = (
 CODEGEN_STAGES: tuple[str, ...] = ("validate_request", "generate_code", "validate_code", "fingerprint")
 INFRA_STAGES: tuple[str, ...] = ("plan_infra", "provision_infra")
 
+MAX_ERROR_CHARS = 2000
+MAX_WARNING_CHARS = 1000
+MAX_WARNINGS = 50
+MAX_REFUSED_REVIEWS = 50
+MAX_REFUSED_COMMENT_CHARS = 500
+MAX_OUTPUT_CHARS = 2000
+"""Bounds that keep the status view (and so every query and the run's closing failure) far below Temporal's 2 MB
+payload limit, whatever reviewers, events and activities send."""
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    note = f"… [{len(text) - limit} more characters]"
+    return text[: max(0, limit - len(note))] + note
+
 
 class CompensationRecord(BaseModel):
     step: str
@@ -55,6 +72,7 @@ class RunStatusView(BaseModel):
     approvals: dict[str, list[str]] = Field(default_factory=dict)
     compensations: list[CompensationRecord] = Field(default_factory=list)
     audit: list[AuditEntry] = Field(default_factory=list)
+    audit_dropped: int = Field(default=0, description="Refused reviews left out of ``audit`` to keep it bounded.")
     error: str | None = None
     warnings: list[str] = Field(default_factory=list)
     outputs: dict[str, str | int | float | bool | None] = Field(

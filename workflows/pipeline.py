@@ -113,18 +113,25 @@ class DevSecOpsPipelineWorkflow:
             lambda: workflow.execute_activity_method(TestgenAgent.cleanup_tests, ref, **presets.COMPENSATION),
         )
         inp = GenerateTestsInput(run_id=ref.run_id, module=code.module, prompt=request.prompt, pattern=code.pattern)
-        tests = await workflow.execute_activity_method(TestgenAgent.generate_tests, inp, **presets.QUICK)
+        tests = await workflow.execute_activity_method(TestgenAgent.generate_tests, inp, **presets.stage(presets.QUICK))
         self._run.view.outputs["tests_generated"] = tests.test_count
 
     async def _execute_tests(self, code: GeneratedCode, request: PipelineRequest) -> None:
-        inp = ExecuteTestsInput(run_id=code.run_id, module=code.module, mutants=request.test_policy.mutants)
-        report = await workflow.execute_activity_method(TestgenAgent.execute_tests, inp, **presets.TOOL)
+        inp = ExecuteTestsInput(
+            run_id=code.run_id,
+            module=code.module,
+            mutants=request.test_policy.mutants,
+            min_mutation_score=request.test_policy.min_mutation_score,
+        )
+        report = await workflow.execute_activity_method(TestgenAgent.execute_tests, inp, **presets.stage(presets.TOOL))
         self._run.view.outputs.update(
             tests_passed=report.passed,
             tests_failed=report.failed + report.errors,
             coverage=round(report.coverage, 1),
             isolation=report.isolation,
         )
+        if report.problems:
+            raise self._run.fail_stage("execute_tests", "the results cannot be trusted: " + "; ".join(report.problems))
         if report.timed_out:
             raise self._run.fail_stage("execute_tests", "the tests did not finish within their time limit")
         if report.failed or report.errors:
@@ -148,7 +155,7 @@ class DevSecOpsPipelineWorkflow:
 
     async def _security_scan(self, ref: RunRef) -> None:
         report = await workflow.execute_activity_method(
-            SecurityAgent.scan, ScanInput(run_id=ref.run_id), **presets.TOOL
+            SecurityAgent.scan, ScanInput(run_id=ref.run_id), **presets.stage(presets.TOOL)
         )
         self._run.view.outputs.update(findings=len(report.findings), criticals=report.criticals)
         if report.criticals:
@@ -163,12 +170,14 @@ class DevSecOpsPipelineWorkflow:
             lambda: workflow.execute_activity_method(DeployAgent.rollback, ref, **presets.COMPENSATION),
         )
         inp = DeployInput(run_id=ref.run_id, project=request.project, environment=request.environment, release=release)
-        deployment: Deployment = await workflow.execute_activity_method(DeployAgent.deploy, inp, **presets.INFRA)
+        deployment: Deployment = await workflow.execute_activity_method(
+            DeployAgent.deploy, inp, **presets.stage(presets.INFRA)
+        )
         self._run.view.outputs["deployment_url"] = deployment.url
         return deployment
 
     async def _verify(self, deployment: Deployment) -> None:
-        result = await workflow.execute_activity_method(DeployAgent.verify, deployment, **presets.QUICK)
+        result = await workflow.execute_activity_method(DeployAgent.verify, deployment, **presets.stage(presets.QUICK))
         if not result.healthy or not result.release_matches:
             raise self._run.fail_stage("verify_deployment", result.detail or "the deployment is not healthy")
 
@@ -180,12 +189,14 @@ class DevSecOpsPipelineWorkflow:
         )
         run.started("setup_monitoring")
         try:
-            setup = await workflow.execute_activity_method(SREAgent.setup_monitoring, inp, **presets.QUICK)
+            setup = await workflow.execute_activity_method(
+                SREAgent.setup_monitoring, inp, **presets.stage(presets.QUICK)
+            )
         except FailureError as err:
             if is_cancelled_exception(err):
                 raise asyncio.CancelledError(str(err)) from err
             warning = f"setup_monitoring failed: {failure_message(err)}"
-            run.view.warnings.append(warning)
+            run.warn(warning)
             run.view.outputs["monitoring"] = "failed"
             await run.failed("setup_monitoring", warning)
             return

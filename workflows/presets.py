@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.workflow import ActivityCancellationType
 
 from agents.errors import NON_RETRYABLE_TYPES
 
@@ -17,17 +19,49 @@ _RETRY = RetryPolicy(
     non_retryable_error_types=list(NON_RETRYABLE_TYPES),
 )
 
-QUICK: dict[str, Any] = {"start_to_close_timeout": timedelta(seconds=60), "retry_policy": _RETRY}
-"""File work in the workspace: generate, validate, fingerprint."""
+HEARTBEAT = timedelta(seconds=30)
+"""Every activity heartbeats (the worker's heartbeat interceptor): a dead worker's activity is retried elsewhere
+within this time, and a cancellation reaches a running activity."""
 
-TOOL: dict[str, Any] = {"start_to_close_timeout": timedelta(minutes=10), "retry_policy": _RETRY}
+WAIT_FOR_CANCELLATION_PATCH = "wait-for-cancellation"
+"""Runs recorded before it let compensations start while a cancelled activity was still running."""
+
+QUICK: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=180),
+    "heartbeat_timeout": HEARTBEAT,
+    "retry_policy": _RETRY,
+}
+"""File work in the workspace and model calls: generate, validate, fingerprint."""
+
+TOOL: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(minutes=10),
+    "heartbeat_timeout": HEARTBEAT,
+    "retry_policy": _RETRY,
+}
 """Running pytest or a scanner."""
 
-INFRA: dict[str, Any] = {"start_to_close_timeout": timedelta(minutes=5), "retry_policy": _RETRY}
+INFRA: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(minutes=5),
+    "heartbeat_timeout": HEARTBEAT,
+    "retry_policy": _RETRY,
+}
 """Provisioning and deploying."""
+
+
+def stage(preset: dict[str, Any]) -> dict[str, Any]:
+    """``preset`` for a stage whose effects may be compensated: when the run is cancelled, it waits until the
+    activity has really stopped (its sandbox killed, its release stopped) before anything else runs.
+
+    Workflow code only (it consults a patch marker).
+    """
+    if not workflow.patched(WAIT_FOR_CANCELLATION_PATCH):
+        return preset
+    return {**preset, "cancellation_type": ActivityCancellationType.WAIT_CANCELLATION_COMPLETED}
+
 
 COMPENSATION: dict[str, Any] = {
     "start_to_close_timeout": timedelta(minutes=2),
+    "heartbeat_timeout": HEARTBEAT,
     "retry_policy": RetryPolicy(
         initial_interval=timedelta(seconds=1),
         backoff_coefficient=2.0,

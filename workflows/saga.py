@@ -31,15 +31,29 @@ with workflow.unsafe.imports_passed_through():
         StageCompleted,
         StageFailed,
     )
-    from events.models import GATES, ApprovalPolicy, ReviewDecision
+    from events.models import GATES, ApprovalPolicy, ReviewDecision, normalise_identity
     from events.publisher import EventPublisher, PublishEventInput
     from workflows import presets
-    from workflows.models import AuditEntry, CompensationRecord, GateState, RunStatus, RunStatusView
+    from workflows.models import (
+        MAX_ERROR_CHARS,
+        MAX_REFUSED_COMMENT_CHARS,
+        MAX_REFUSED_REVIEWS,
+        MAX_WARNING_CHARS,
+        MAX_WARNINGS,
+        AuditEntry,
+        CompensationRecord,
+        GateState,
+        RunStatus,
+        RunStatusView,
+        clip,
+    )
 
 T = TypeVar("T")
 
 OUTBOUND_EVENTS_PATCH = "outbound-events"
 """Runs recorded before outbound events existed replay without them."""
+REVIEW_RULES_PATCH = "review-rules-normalised"
+"""Runs recorded before it compared reviewer names as given and took reviews of any size."""
 
 
 class RunStopped(Exception):
@@ -52,14 +66,16 @@ class RunStopped(Exception):
 
 
 def failure_message(err: BaseException) -> str:
-    """The innermost human-readable message of a Temporal failure chain."""
+    """The innermost human-readable message of a Temporal failure chain, bounded."""
     while isinstance(err, (ActivityError, ChildWorkflowError)) and err.cause is not None:
         err = err.cause
     if isinstance(err, ApplicationError) and err.type:
-        return f"{err.type}: {err.message}"
-    if isinstance(err, FailureError):
-        return err.message
-    return str(err) or type(err).__name__
+        message = f"{err.type}: {err.message}"
+    elif isinstance(err, FailureError):
+        message = err.message
+    else:
+        message = str(err) or type(err).__name__
+    return clip(message, MAX_ERROR_CHARS)
 
 
 class Run:
@@ -95,7 +111,15 @@ class Run:
         except FailureError as err:
             if is_cancelled_exception(err):
                 raise asyncio.CancelledError(str(err)) from err
-            self.view.warnings.append(f"event {event_type} ({step}) was not published: {failure_message(err)}")
+            self.warn(f"event {event_type} ({step}) was not published: {failure_message(err)}")
+
+    def warn(self, warning: str) -> None:
+        """Record a warning in the view: each bounded, and at most ``MAX_WARNINGS`` of them (the last says so)."""
+        warnings = self.view.warnings
+        if len(warnings) < MAX_WARNINGS - 1:
+            warnings.append(clip(warning, MAX_WARNING_CHARS))
+        elif len(warnings) == MAX_WARNINGS - 1:
+            warnings.append("more warnings were left out")
 
     # --- stages ------------------------------------------------------------------------------------------------
 
@@ -146,7 +170,7 @@ class Run:
     def fail_stage(self, name: str, message: str) -> RunStopped:
         """Mark ``name`` failed by a policy check and return the exception that stops the run."""
         self.view.stages[name] = "failed"
-        return RunStopped("failed", f"{name} failed: {message}")
+        return RunStopped("failed", clip(f"{name} failed: {message}", MAX_ERROR_CHARS))
 
     # --- compensations -----------------------------------------------------------------------------------------
 
@@ -176,18 +200,14 @@ class Run:
     # --- gates -------------------------------------------------------------------------------------------------
 
     def review(self, decision: ReviewDecision) -> None:
-        """Apply a ``review`` signal: count it, or refuse it with the reason in the audit trail."""
+        """Apply a ``review`` signal: count it, or refuse it with the reason in the audit trail.
+
+        Names are compared normalised (:func:`events.models.normalise_identity`): ``Ann`` is the requester
+        ``ann``, and ``erin`` and ``ERIN`` are one reviewer. A review over any bound is refused, and what the audit
+        keeps of a refused review is bounded, so no review can make the run's state too large to query or close.
+        """
         reason = self._refusal(decision)
-        self.view.audit.append(
-            AuditEntry(
-                gate=decision.gate,
-                reviewer=decision.reviewer,
-                approved=decision.approved,
-                comment=decision.comment,
-                accepted=reason is None,
-                reason=reason or "",
-            )
-        )
+        self._record(decision, reason)
         if reason is not None:
             workflow.logger.info("review refused: %s", reason)
             return
@@ -195,21 +215,47 @@ class Run:
         if not decision.approved:
             self.view.gates[gate] = "rejected"
             return
-        self.view.approvals.setdefault(gate, []).append(decision.reviewer)
+        self.view.approvals.setdefault(gate, []).append(decision.reviewer.strip())
         if len(self.view.approvals[gate]) >= self.policy.approvals_for(gate):
             self.view.gates[gate] = "approved"
 
+    def _record(self, decision: ReviewDecision, reason: str | None) -> None:
+        """Append the review to the audit trail; refused ones are clipped and at most ``MAX_REFUSED_REVIEWS``
+        are kept (the oldest refused go first, counted in ``audit_dropped``); accepted ones are always kept."""
+        limit = MAX_REFUSED_COMMENT_CHARS if reason is not None else len(decision.comment)
+        entry = AuditEntry(
+            gate=clip(decision.gate, 40),
+            reviewer=clip(decision.reviewer, 120),
+            approved=decision.approved,
+            comment=clip(decision.comment, limit),
+            accepted=reason is None,
+            reason=clip(reason or "", MAX_WARNING_CHARS),
+        )
+        audit = self.view.audit
+        audit.append(entry)
+        refused = [i for i, e in enumerate(audit) if not e.accepted]
+        if len(refused) > MAX_REFUSED_REVIEWS:
+            del audit[refused[0]]
+            self.view.audit_dropped += 1
+
     def _refusal(self, decision: ReviewDecision) -> str | None:
+        normalised = workflow.patched(REVIEW_RULES_PATCH)
+        if normalised:
+            problem = decision.problem()
+            if problem:
+                return problem
         gate = decision.gate
         if gate not in GATES:
             return f"unknown gate {gate!r}; gates are {', '.join(GATES)}"
         if self.view.gates.get(gate) != "pending":
             return f"gate {gate!r} is not pending"
-        if decision.reviewer == self.requester:
+        same: Callable[[str], str] = normalise_identity if normalised else (lambda name: name)
+        who = same(decision.reviewer)
+        if who == same(self.requester):
             return f"{decision.reviewer!r} requested this run and cannot review it"
-        if self.policy.reviewers and decision.reviewer not in self.policy.reviewers:
+        if self.policy.reviewers and who not in {same(name) for name in self.policy.reviewers}:
             return f"{decision.reviewer!r} is not a reviewer allowed by the approval policy"
-        if decision.reviewer in self.view.approvals.get(gate, []):
+        if who in {same(name) for name in self.view.approvals.get(gate, [])}:
             return f"{decision.reviewer!r} already approved gate {gate!r}"
         return None
 
@@ -291,6 +337,7 @@ class Run:
 
     async def _close(self, status: RunStatus, error: str) -> None:
         """Compensate, set the final status, and announce how the run ended."""
+        error = clip(error, MAX_ERROR_CHARS)
         self.view.error = error
         await self.compensate()
         self.view.status = status

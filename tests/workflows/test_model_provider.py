@@ -85,7 +85,7 @@ async def test_a_pipeline_with_a_model_endpoint(model_harness: tuple[Harness, Op
     assert context.count("Pattern '") == 3 and context.count("```python") == 3  # the top-k patterns as context
     assert KEY not in history  # secrets never enter workflow histories
     statement = json.loads(
-        (harness.settings.data_path / "workspaces" / handle.id / "provenance.intoto.json").read_text()
+        (harness.agents.codegen.workspaces.for_run(handle.id) / "provenance.intoto.json").read_text()
     )
     assert statement["predicate"]["buildDefinition"]["internalParameters"]["model"] == "coder-1"
 

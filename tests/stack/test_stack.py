@@ -183,6 +183,7 @@ async def test_a_cancelled_body_leaves_no_process_behind(tmp_path: Path) -> None
         await task
     assert len(pids) == 2
     assert all_stopped(settings, pids)
+    assert list((settings.data_path / "run").glob("*.json")) == []
 
 
 def test_find_binary_prefers_the_interpreters_directory_and_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -89,7 +90,10 @@ def build_pattern_store(settings: Settings, library: PatternLibrary, llm: LLMGat
     api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
     client = open_client(url=settings.qdrant_url, api_key=api_key, path=str(settings.data_path / "qdrant"))
     if llm is not None and llm.config.embedding_model:
-        name = re.sub(r"[^a-z0-9]+", "-", llm.config.embedding_model.lower())
+        model = llm.config.embedding_model
+        name = re.sub(r"[^a-z0-9]+", "-", model.lower())[:60]
+        if name != model:  # models whose names read alike once made plain must not share vectors
+            name += "-" + hashlib.sha256(model.encode()).hexdigest()[:8]
         return PatternStore(client, llm.embed, library=library, collection=f"{COLLECTION}-{name}")
     embedder = HashingEmbedder()
     return PatternStore(client, embedder, dim=embedder.dim, library=library)

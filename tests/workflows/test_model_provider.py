@@ -127,3 +127,14 @@ async def test_embeddings_come_from_the_endpoint_when_it_names_a_model(tmp_path:
     assert len(matches) == 3
     assert [r["json"]["model"] for r in server.requests] == ["embed-small"] * 3  # probe, library, query
     assert len(server.requests[1]["json"]["input"]) == len(PatternLibrary().patterns)
+
+
+def test_embedding_models_whose_names_read_alike_get_distinct_collections(tmp_path: Path) -> None:
+    from quantum.worker import build_pattern_store
+
+    names = set()
+    for model in ("embed_small", "embed-small", "Embed-Small", "embed small"):
+        llm = LLMGateway(LLMConfig(base_url="http://127.0.0.1:9", model="m", embedding_model=model))
+        settings = Settings(data_dir=tmp_path / model.replace(" ", "_"), _env_file=None)  # type: ignore[call-arg]
+        names.add(build_pattern_store(settings, PatternLibrary(), llm).collection)
+    assert len(names) == 4 and "quantum-patterns-embed-small" in names

@@ -6,18 +6,35 @@ Each message is validated, routed by type, acted on, and only then acknowledged:
   ``<prefix>-<event id>`` under ``REJECT_DUPLICATE``: a duplicated or redelivered event finds the run already
   started and is acknowledged without a second run.
 * ``quantum.review.submitted`` becomes the ``review`` signal; ``quantum.pipeline.cancel_requested`` cancels.
-* An event that cannot be used (malformed JSON, wrong ``specversion``, unknown type, a missing or invalid field,
-  too large, a run that does not exist) goes to ``QUANTUM_DLQ`` with its original bytes and a header naming the
-  reason, and is terminated; so is one that exhausts its deliveries.
+* An event that cannot be used goes to ``QUANTUM_DLQ`` with a header naming the reason, and is terminated: bytes
+  that are not a JSON object in UTF-8 or nest deeper than ``MAX_NESTING``, a wrong ``specversion``, an unknown
+  type, a type other than the one of the subject it arrived on (permissions are granted per subject), a missing or
+  invalid field, too large, a run that does not exist.
 * Temporal unreachable: the message is negatively acknowledged with a growing delay and the bridge backs off;
-  nothing is lost, and the events start when Temporal is back.
+  nothing is lost, and the events start when Temporal is back. Only this backs the whole bridge off.
+* Anything else that goes wrong with one message (a bug, a failure nobody foresaw) is retried after a short delay,
+  ``failure_attempts`` times in all, then dead-lettered with the exception's type and message; the other messages
+  carry on meanwhile.
+* The last delivery ``max_deliver`` allows is kept for dead-lettering: a message delivered that often (even one
+  that ended the bridge process on each delivery) is dead-lettered without another attempt, with a reason that
+  says how many deliveries failed and, when this process saw it, the last error.
+
+A dead letter carries the original bytes when they fit in one NATS message with its headers (``max_payload``
+counts headers and body). When they do not, it carries the first :data:`EXCERPT_BYTES` with the header
+``Quantum-Dlq-Partial`` (and the original's size and SHA-256), and the original stays in ``QUANTUM_EVENTS``
+(terminating a message does not delete it) under the sequence in ``Quantum-Original-Sequence``, until the stream's
+max age or byte limit removes it; ``quantum dlq replay`` fetches it from there. Every header value the bridge
+writes is made safe first (:func:`header_value`): no control characters, bounded length, since a reason can hold
+text from an event or from Temporal.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
@@ -36,7 +53,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from events.catalog import INBOUND, CancelRequested, EventType, ReviewSubmitted, inbound_data, workflow_id
-from events.envelope import DLQ_SUBJECT, CloudEvent, EventError, parse_envelope, subject_for
+from events.envelope import DLQ_SUBJECT, CloudEvent, EventError, check_subject, parse_envelope, subject_for
 from events.streams import EVENTS_STREAM
 
 log = logging.getLogger(__name__)
@@ -44,6 +61,17 @@ log = logging.getLogger(__name__)
 REASON_HEADER = "Quantum-Dlq-Reason"
 ORIGINAL_SUBJECT_HEADER = "Quantum-Original-Subject"
 ORIGINAL_SEQUENCE_HEADER = "Quantum-Original-Sequence"
+ORIGINAL_STREAM_HEADER = "Quantum-Original-Stream"
+ORIGINAL_SIZE_HEADER = "Quantum-Original-Size"
+ORIGINAL_DIGEST_HEADER = "Quantum-Original-Sha256"
+PARTIAL_HEADER = "Quantum-Dlq-Partial"
+"""Present when the dead letter's body is only the start of the original (which then stays in its stream)."""
+
+MAX_HEADER_CHARS = 1000
+"""The longest header value the bridge writes, in characters once made safe."""
+EXCERPT_BYTES = 4096
+"""How much of an original too large to copy whole a dead letter keeps."""
+_REMEMBERED = 10_000  # messages whose failures the bridge remembers at once; the oldest are forgotten first
 
 EVENTS = Counter("quantum_bridge_events_total", "Inbound events by type and outcome", ["type", "outcome"])
 START_LATENCY = Histogram(
@@ -64,17 +92,35 @@ TRANSIENT = {
 
 
 class Outcome(StrEnum):
+    """What became of one message."""
+
     STARTED = "started"
     DUPLICATE = "duplicate"
     SIGNALLED = "signalled"
     CANCELLED = "cancelled"
     DEAD_LETTERED = "dead_lettered"
     RETRY = "retry"
+    """Temporal cannot take the call now: retried later, and the bridge backs off."""
+    FAILED = "failed"
+    """This message failed for another reason (or could not be dead-lettered): retried later, nobody backs off."""
 
 
 @dataclass(frozen=True)
 class BridgeConfig:
-    """How the bridge consumes; the application fills it from settings."""
+    """How the bridge consumes; the application fills it from settings.
+
+    Attributes:
+        task_queue: Where the started workflows run.
+        consumer: The durable consumer's name.
+        batch: Messages fetched (and handled concurrently) at once.
+        max_deliver: Deliveries of one message; the last is kept for dead-lettering it, so at least 2.
+        ack_wait_seconds: How long a delivered message may stay unsettled before it is delivered again.
+        max_event_bytes: Larger events are dead-lettered.
+        retry_delays: Growing delays between deliveries of a message (and of the bridge's back-off).
+        failure_attempts: Deliveries of a message that fail unexpectedly before it is dead-lettered.
+        rpc_timeout_seconds: The limit of each Temporal call.
+        inbound_subjects: The subjects consumed.
+    """
 
     task_queue: str = "quantum-workflows"
     consumer: str = "quantum-bridge"
@@ -83,18 +129,136 @@ class BridgeConfig:
     ack_wait_seconds: float = 30.0
     max_event_bytes: int = 256 * 1024
     retry_delays: tuple[float, ...] = (0.5, 1, 2, 4, 8, 15)
+    failure_attempts: int = 3
     rpc_timeout_seconds: float = 5.0
     inbound_subjects: tuple[str, ...] = field(default_factory=lambda: tuple(subject_for(t) for t in INBOUND))
 
+    def __post_init__(self) -> None:
+        if self.max_deliver < 2:
+            raise ValueError("max_deliver must be at least 2: the last delivery is kept for dead-lettering")
+        if self.failure_attempts < 1:
+            raise ValueError("failure_attempts must be at least 1")
+        if not self.retry_delays:
+            raise ValueError("retry_delays must name at least one delay")
+
 
 class TemporalUnavailable(Exception):
-    pass
+    """Temporal cannot take the call now; the message is retried later."""
 
 
 class DeadLetter(Exception):
+    """Temporal refused the call for good (no such run, an invalid request): the message is dead-lettered."""
+
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def header_value(text: str, limit: int = MAX_HEADER_CHARS) -> str:
+    """``text`` made safe as a NATS header value: control characters escaped, at most ``limit`` characters.
+
+    A CR or LF in a header value would end the header (or the whole header block) early and let the rest be read
+    as headers of its own; other control characters (and lone surrogates, which cannot be encoded) are escaped too.
+    Longer text is cut and ends with ``...``.
+
+    Args:
+        text: Any text, possibly from an event or from another system's error message.
+        limit: The most characters the value may have.
+
+    Returns:
+        Printable text without leading or trailing spaces, ``limit`` characters at most.
+    """
+    head = text[: limit + 1]
+    safe = "".join(ch if ch == " " or ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in head)
+    safe = safe.strip()
+    if len(safe) > limit or len(text) > len(head):
+        safe = safe[: max(0, limit - 3)].rstrip() + "..."
+    return safe
+
+
+def wire_size(payload: bytes, headers: dict[str, str] | None) -> int:
+    """The size NATS counts against ``max_payload`` for a message: its header block plus its body.
+
+    Args:
+        payload: The body.
+        headers: The headers, written as the client writes them (``NATS/1.0``, one ``Name: value`` line each).
+
+    Returns:
+        The bytes of the header block and the body together.
+    """
+    if not headers:
+        return len(payload)
+    block = len(b"NATS/1.0\r\n") + 2
+    for name, value in headers.items():
+        block += len(name.strip().encode()) + 2 + len(value.strip().encode(errors="surrogatepass")) + 2
+    return block + len(payload)
+
+
+def dead_letter_copy(
+    data: bytes, *, subject: str, stream: str, sequence: int, reason: str, max_payload: int
+) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of the dead letter of one message, never larger than ``max_payload``.
+
+    Args:
+        data: The original message's bytes.
+        subject: The subject it arrived on.
+        stream: The stream that holds it.
+        sequence: Its sequence in that stream.
+        reason: Why it is dead-lettered (made safe here).
+        max_payload: The server's limit on one message, headers included.
+
+    Returns:
+        The original bytes and the headers naming the reason and the original; or, when those do not fit in one
+        message, the first bytes of the original with :data:`PARTIAL_HEADER` and the original's size and digest.
+
+    Raises:
+        ValueError: Not even the headers fit (a server limit of a few KiB).
+    """
+    headers = {
+        REASON_HEADER: header_value(reason),
+        ORIGINAL_SUBJECT_HEADER: header_value(subject),
+        ORIGINAL_STREAM_HEADER: header_value(stream),
+        ORIGINAL_SEQUENCE_HEADER: str(sequence),
+        ORIGINAL_SIZE_HEADER: str(len(data)),
+        "Nats-Msg-Id": header_value(f"dlq-{stream}-{sequence}"),
+    }
+    if wire_size(data, headers) <= max_payload:
+        return data, headers
+    headers[ORIGINAL_DIGEST_HEADER] = hashlib.sha256(data).hexdigest()
+    headers[PARTIAL_HEADER] = f"the body is the first {EXCERPT_BYTES} bytes at most of {len(data)}"
+    room = max_payload - wire_size(b"", headers)
+    if room < 0:
+        headers[REASON_HEADER] = header_value(reason, 200)
+        room = max_payload - wire_size(b"", headers)
+        if room < 0:
+            raise ValueError(f"a dead letter's headers alone are over the server's max_payload of {max_payload}")
+    excerpt = data[: min(EXCERPT_BYTES, room)]
+    headers[PARTIAL_HEADER] = f"the body is the first {len(excerpt)} of {len(data)} bytes"
+    return excerpt, headers
+
+
+class _Failures:
+    """What went wrong with the messages still being retried, by stream sequence; bounded, oldest forgotten first."""
+
+    def __init__(self, size: int = _REMEMBERED) -> None:
+        self._size = size
+        self._seen: OrderedDict[int, tuple[int, str]] = OrderedDict()
+
+    def record(self, sequence: int, error: str, *, unexpected: bool) -> int:
+        """Remember ``error`` as the last of ``sequence``; returns how many unexpected failures it has had."""
+        count, _ = self._seen.pop(sequence, (0, ""))
+        count += int(unexpected)
+        self._seen[sequence] = (count, error)
+        while len(self._seen) > self._size:
+            self._seen.popitem(last=False)
+        return count
+
+    def last_error(self, sequence: int) -> str | None:
+        entry = self._seen.get(sequence)
+        return entry[1] if entry else None
+
+    def forget(self, sequence: int) -> None:
+        self._seen.pop(sequence, None)
 
 
 class Bridge:
@@ -106,6 +270,7 @@ class Bridge:
         self.temporal = temporal
         self.config = config or BridgeConfig()
         self._failures = 0
+        self._message_failures = _Failures()
         self._rpc_timeout = timedelta(seconds=self.config.rpc_timeout_seconds)
 
     async def ensure_consumer(self) -> None:
@@ -126,7 +291,10 @@ class Bridge:
             await self.js.add_consumer(EVENTS_STREAM, consumer)  # an update of an existing durable
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Fetch and handle batches until ``stop`` is set (or the task is cancelled)."""
+        """Fetch and handle batches until ``stop`` is set (or the task is cancelled).
+
+        Only a batch in which Temporal could not take a call backs the bridge off before the next fetch.
+        """
         stop = stop or asyncio.Event()
         await self.ensure_consumer()
         sub = await self.js.pull_subscribe_bind(durable=self.config.consumer, stream=EVENTS_STREAM)
@@ -140,47 +308,80 @@ class Bridge:
                 outcomes = await asyncio.gather(*(self.handle(msg) for msg in msgs))
                 if Outcome.RETRY in outcomes:
                     self._failures += 1
-                    await asyncio.sleep(self._delay())
+                    await self._back_off(self._delay())
                 else:
                     self._failures = 0
         finally:
             await sub.unsubscribe()
+
+    async def _back_off(self, seconds: float) -> None:
+        """Wait before the next fetch while Temporal cannot take calls."""
+        await asyncio.sleep(seconds)
 
     def _delay(self) -> float:
         delays = self.config.retry_delays
         return delays[min(self._failures, len(delays)) - 1] if self._failures else delays[0]
 
     async def handle(self, msg: Msg) -> Outcome:
-        """Act on one message and settle it: ack, term after dead-lettering, or nak for a later retry."""
+        """Act on one message and settle it: ack, term after dead-lettering, or nak for a later retry.
+
+        Never raises for anything one message holds; a message that cannot even be settled (the connection is
+        going) is delivered again after ``ack_wait``.
+        """
         event_type = "unparsed"
         try:
-            event = parse_envelope(msg.data, max_bytes=self.config.max_event_bytes)
-            event_type = event.type
-            kind, data = inbound_data(event)
-            outcome = await self._act(kind, event, data)
-            self._observe(msg, outcome)
-            await msg.ack()
-        except EventError as err:
-            outcome = await self._dead_letter(msg, f"{err.kind}: {err.reason}")
-        except DeadLetter as err:
-            outcome = await self._dead_letter(msg, err.reason)
-        except TemporalUnavailable as err:
-            if msg.metadata.num_delivered >= self.config.max_deliver:
-                reason = f"DeliveriesExhausted: {msg.metadata.num_delivered} deliveries; last error: {err}"
-                outcome = await self._dead_letter(msg, reason)
-            else:
-                await msg.nak(delay=self._retry_delay(msg))
-                outcome = Outcome.RETRY
-        except Exception:  # a bug or an outage we did not foresee: keep the event and keep running
-            log.exception("unexpected failure handling message %s; it will be redelivered", msg.metadata.sequence)
-            await msg.nak(delay=self._retry_delay(msg))
-            outcome = Outcome.RETRY
+            outcome, event_type = await self._handle(msg)
+        except Exception as err:  # settling failed: nothing more to do with this message now
+            log.warning("cannot settle message %s: %s", _sequence(msg), header_value(f"{type(err).__name__}: {err}"))
+            outcome = Outcome.FAILED
         EVENTS.labels(event_type, outcome.value).inc()
         return outcome
 
-    def _retry_delay(self, msg: Msg) -> float:
+    async def _handle(self, msg: Msg) -> tuple[Outcome, str]:
+        meta = msg.metadata
+        sequence = meta.sequence.stream
+        if meta.num_delivered >= self.config.max_deliver:
+            last = self._message_failures.last_error(sequence) or (
+                "none seen by this bridge process (a delivery may have ended the process)"
+            )
+            reason = (
+                f"DeliveriesExhausted: {meta.num_delivered} deliveries, the last kept for dead-lettering; "
+                f"{meta.num_delivered - 1} failed; last error: {last}"
+            )
+            return await self._dead_letter(msg, reason, final=True), "unparsed"
+        event_type = "unparsed"
+        try:
+            event = parse_envelope(msg.data, max_bytes=self.config.max_event_bytes)
+            event_type = event.type if event.type in INBOUND else "unknown"  # a bounded set of metric labels
+            if event.type in INBOUND:
+                check_subject(event, msg.subject)
+            kind, data = inbound_data(event)
+            outcome = await self._act(kind, event, data)
+        except EventError as err:
+            return await self._dead_letter(msg, f"{err.kind}: {err.reason}"), event_type
+        except DeadLetter as err:
+            return await self._dead_letter(msg, err.reason), event_type
+        except TemporalUnavailable as err:
+            self._message_failures.record(sequence, f"TemporalUnavailable: {err}", unexpected=False)
+            await msg.nak(delay=self._retry_delay(meta.num_delivered))
+            return Outcome.RETRY, event_type
+        except Exception as err:  # a bug or a failure nobody foresaw: this message alone is retried, then refused
+            error = f"{type(err).__name__}: {err}"
+            failures = self._message_failures.record(sequence, error, unexpected=True)
+            log.exception("unexpected failure %d of message %s", failures, sequence)
+            if failures >= self.config.failure_attempts:
+                reason = f"UnexpectedFailure: {failures} deliveries failed; last error: {error}"
+                return await self._dead_letter(msg, reason), event_type
+            await msg.nak(delay=self._retry_delay(failures))
+            return Outcome.FAILED, event_type
+        self._message_failures.forget(sequence)
+        self._observe(msg, outcome)
+        await msg.ack()
+        return outcome, event_type
+
+    def _retry_delay(self, attempt: int) -> float:
         delays = self.config.retry_delays
-        return delays[min(msg.metadata.num_delivered, len(delays)) - 1]
+        return delays[max(1, min(attempt, len(delays))) - 1]
 
     @staticmethod
     def _observe(msg: Msg, outcome: Outcome) -> None:
@@ -215,27 +416,72 @@ class Bridge:
             if err.status == RPCStatusCode.NOT_FOUND:
                 raise DeadLetter(f"RunNotFound: {err.message}") from None
             raise DeadLetter(f"Rejected by Temporal ({err.status.name}): {err.message}") from None
+        except (RecursionError, NotImplementedError):  # RuntimeErrors about the call itself, not about reaching it
+            raise
         except RuntimeError as err:  # the client could not reach the server at all
             raise TemporalUnavailable(str(err)) from None
 
     def _handle_for(self, pipeline_id: str) -> WorkflowHandle[Any, Any]:
         return self.temporal.get_workflow_handle(pipeline_id)
 
-    async def _dead_letter(self, msg: Msg, reason: str) -> Outcome:
-        """Keep the original bytes in the DLQ with the reason, then terminate the message."""
+    async def _dead_letter(self, msg: Msg, reason: str, *, final: bool = False) -> Outcome:
+        """Publish the dead letter of ``msg`` (whole, or partial when too large), then terminate the message.
+
+        When the DLQ cannot be reached the message is delivered again later; on its ``final`` delivery, when no
+        later delivery will come, the publish is tried a few times before the bridge gives up on it, logging
+        where the original stays.
+        """
         meta = msg.metadata
-        headers = {
-            REASON_HEADER: reason[:1000],
-            ORIGINAL_SUBJECT_HEADER: msg.subject,
-            ORIGINAL_SEQUENCE_HEADER: str(meta.sequence.stream),
-            "Nats-Msg-Id": f"dlq-{meta.stream}-{meta.sequence.stream}",
-        }
+        sequence = meta.sequence.stream
         try:
-            await self.js.publish(DLQ_SUBJECT, msg.data, headers=headers, timeout=10)
-        except Exception as err:  # the DLQ is unreachable: keep the message where it is
-            log.warning("cannot dead-letter message %s (%s); it will be redelivered", meta.sequence.stream, err)
-            await msg.nak(delay=self.config.retry_delays[-1])
-            return Outcome.RETRY
+            body, headers = dead_letter_copy(
+                msg.data,
+                subject=msg.subject,
+                stream=meta.stream,
+                sequence=sequence,
+                reason=reason,
+                max_payload=self.nc.max_payload,
+            )
+        except ValueError as err:  # a server that takes messages of a few KiB at most
+            log.error("cannot dead-letter message %s of %s: %s", sequence, meta.stream, err)
+            if not final:
+                await msg.nak(delay=self.config.retry_delays[-1])
+            return Outcome.FAILED
+        attempts = 3 if final else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                await self.js.publish(DLQ_SUBJECT, body, headers=headers, timeout=10)
+                break
+            except Exception as err:  # the DLQ is unreachable: keep the message where it is
+                problem = header_value(f"{type(err).__name__}: {err}")
+                if attempt < attempts:
+                    await asyncio.sleep(self._retry_delay(attempt))
+                    continue
+                if final:
+                    log.error(
+                        "message %s of %s cannot be dead-lettered (%s) and will not be delivered again; "
+                        "it stays in the stream until its max age",
+                        sequence,
+                        meta.stream,
+                        problem,
+                    )
+                    return Outcome.FAILED
+                log.warning("cannot dead-letter message %s (%s); it will be delivered again", sequence, problem)
+                await msg.nak(delay=self.config.retry_delays[-1])
+                return Outcome.FAILED
         await msg.term()
-        log.info("dead-lettered message %s: %s", meta.sequence.stream, reason)
+        self._message_failures.forget(sequence)
+        log.info(
+            "dead-lettered message %s%s: %s",
+            sequence,
+            " (partially: too large to copy whole)" if PARTIAL_HEADER in headers else "",
+            headers[REASON_HEADER],
+        )
         return Outcome.DEAD_LETTERED
+
+
+def _sequence(msg: Msg) -> str:
+    try:
+        return str(msg.metadata.sequence.stream)
+    except Exception:  # not a JetStream message
+        return "?"

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from events.bridge import wire_size
 from events.catalog import OUTBOUND
 from events.envelope import describe, new_event
 
@@ -93,9 +94,14 @@ class EventPublisher:
             inp.type, data, source=self.source, event_id=event_id(inp.workflow_id, inp.step), subject=inp.workflow_id
         )
         nc = await self._connection()
-        ack = await nc.jetstream().publish(
-            event.nats_subject, event.to_bytes(), headers={"Nats-Msg-Id": event.id}, timeout=10
-        )
+        raw, headers = event.to_bytes(), {"Nats-Msg-Id": event.id}
+        if wire_size(raw, headers) > nc.max_payload:  # the server would drop the connection, not refuse the message
+            raise ApplicationError(
+                f"{inp.type} is {wire_size(raw, headers)} bytes with its headers, over the server's {nc.max_payload}",
+                type="InvalidEvent",
+                non_retryable=True,
+            )
+        ack = await nc.jetstream().publish(event.nats_subject, raw, headers=headers, timeout=10)
         PUBLISHED.labels(inp.type, str(bool(ack.duplicate)).lower()).inc()
         return PublishedEvent(
             id=event.id, subject=event.nats_subject, stream_sequence=ack.seq, duplicate=bool(ack.duplicate)

@@ -13,6 +13,8 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js.api import RawStreamMsg
+from nats.js.errors import NotFoundError
 from temporalio.client import Client
 
 from events.bridge import Bridge, BridgeConfig, Outcome
@@ -122,17 +124,21 @@ async def wait_until(predicate: Any, *, timeout: float = 60, what: str = "condit
 async def settled(nc: NATS, consumer: str = "bridge") -> bool:
     """Every message the consumer was given is acknowledged or terminated."""
     info = await nc.jetstream().consumer_info(EVENTS_STREAM, consumer)
-    return info.num_pending == 0 and info.num_ack_pending == 0
+    return bool(info.num_pending == 0 and info.num_ack_pending == 0)
 
 
-async def dead_letters(nc: NATS) -> list[Msg]:
+async def dead_letters(nc: NATS) -> list[RawStreamMsg]:
+    """Every message in the DLQ, oldest first (those replayed and removed are skipped)."""
     js = nc.jetstream()
-    info = await js.stream_info(DLQ_STREAM)
-    return (
-        [await js.get_msg(DLQ_STREAM, seq) for seq in range(info.state.first_seq, info.state.last_seq + 1)]
-        if info.state.messages
-        else []
-    )
+    found: list[RawStreamMsg] = []
+    seq = 1
+    while True:
+        try:
+            msg = await js.get_msg(DLQ_STREAM, seq=seq, subject="quantum.dlq.>", next=True)
+        except NotFoundError:
+            return found
+        found.append(msg)
+        seq = (msg.seq or seq) + 1
 
 
 async def runs_with_id(client: Client, workflow_id: str) -> int:

@@ -12,7 +12,8 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from events.bridge import REASON_HEADER, Outcome
-from events.envelope import new_event
+from events.catalog import INBOUND
+from events.envelope import new_event, subject_for
 from quantum.stack import TemporalDevServer
 
 from .conftest import (
@@ -132,12 +133,21 @@ BAD_INPUTS = {
 }
 
 
+def _subject_of(raw: bytes) -> str | None:
+    """The subject of the event's own type when it has a known one (the default subject otherwise)."""
+    try:
+        event_type = json.loads(raw).get("type", "")
+    except ValueError:
+        return None
+    return subject_for(event_type) if event_type in INBOUND else None
+
+
 async def test_bad_events_go_to_the_dlq_with_their_reason_and_good_ones_keep_flowing(nc: NATS, client: Client) -> None:
     bridge = RecordingBridge(nc, client, bridge_config(queue(), max_event_bytes=4096))
     good_before, good_after = pipeline_event(), pipeline_event()
     await publish(nc, good_before)
     for raw, _ in BAD_INPUTS.values():
-        await publish(nc, raw)
+        await publish(nc, raw, subject=_subject_of(raw))
     await publish(nc, good_after)
     async with bridge_running(bridge):
         await wait_until(lambda: settled(nc), what="all settled")

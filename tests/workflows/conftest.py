@@ -59,9 +59,15 @@ class Harness:
         async with new_worker(self.client, [*activities, *replacements], task_queue=self.task_queue):
             yield
 
-    async def start(self, workflow: str, request: Any, *, prefix: str = "pipeline") -> WorkflowHandle[Any, Any]:
+    async def start(
+        self, workflow: str, request: Any, *, prefix: str = "pipeline", workflow_id: str | None = None
+    ) -> WorkflowHandle[Any, Any]:
         return await self.client.start_workflow(
-            workflow, request, id=f"{prefix}-{uuid.uuid4()}", task_queue=self.task_queue, result_type=PipelineResult
+            workflow,
+            request,
+            id=workflow_id or f"{prefix}-{uuid.uuid4()}",
+            task_queue=self.task_queue,
+            result_type=PipelineResult,
         )
 
     async def start_pipeline(self, **fields: Any) -> WorkflowHandle[Any, Any]:

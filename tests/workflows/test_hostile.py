@@ -13,7 +13,6 @@ from temporalio.client import WorkflowFailureError
 
 from agents.deploy import pid_alive
 from events.models import PipelineRequest, ReviewDecision
-from workflows.models import PipelineResult
 
 from .conftest import Harness, failing, status, wait_for, wait_for_gate
 
@@ -137,24 +136,12 @@ async def test_a_run_never_compensates_another_runs_release(harness: Harness) ->
     """``pipeline-coll:2`` fails after deploying; ``pipeline-coll_2``, already deployed, keeps everything."""
     request = PipelineRequest(project=harness.project, prompt="a slugify helper for titles", requested_by="ann")
     async with harness.worker():
-        first = await harness.client.start_workflow(
-            "DevSecOpsPipelineWorkflow",
-            request,
-            id="pipeline-coll_2",
-            task_queue=harness.task_queue,
-            result_type=PipelineResult,
-        )
+        first = await harness.start("DevSecOpsPipelineWorkflow", request, workflow_id="pipeline-coll_2")
         assert (await first.result()).status == "succeeded"
         kept = await status(first)
     assert kept.outputs["deployment_url"]
     async with harness.worker(failing("deploy.verify")):
-        second = await harness.client.start_workflow(
-            "DevSecOpsPipelineWorkflow",
-            request,
-            id="pipeline-coll:2",
-            task_queue=harness.task_queue,
-            result_type=PipelineResult,
-        )
+        second = await harness.start("DevSecOpsPipelineWorkflow", request, workflow_id="pipeline-coll:2")
         await settle(second)
         undone = await status(second)
     assert [c.step for c in undone.compensations] == ["rollback_deployment", "cleanup_tests", "cleanup_code"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -204,7 +204,9 @@ def _as_event(raw: bytes) -> dict[str, Any]:
     return {"type": "(malformed)", "data": {"raw": raw[:200].decode(errors="replace"), "problem": problem}}
 
 
-async def tail(nc: NATS, *, event_type: str | None = None, from_start: bool = False) -> AsyncIterator[dict[str, Any]]:
+async def tail(
+    nc: NATS, *, event_type: str | None = None, from_start: bool = False
+) -> AsyncGenerator[dict[str, Any], None]:
     """Events as they arrive on ``QUANTUM_EVENTS`` (an ordered, ephemeral consumer).
 
     Each is a dict whose ``type`` is a string and whose ``data``, when present, is a dict; anything else (not JSON,

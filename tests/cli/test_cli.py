@@ -4,54 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from quantum.cli import app
+from tests.cli.support import QUANTUM, answers, processes_mentioning, quantum, quantum_env
 from tests.conftest import free_port
 
-QUANTUM = Path(sys.executable).parent / "quantum"
 runner = CliRunner()
-
-
-def quantum_env(data_dir: Path, temporal_port: int, nats_port: int, metrics_port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QUANTUM_")}
-    env.update(
-        QUANTUM_DATA_DIR=str(data_dir),
-        QUANTUM_TEMPORAL_ADDRESS=f"127.0.0.1:{temporal_port}",
-        QUANTUM_TEMPORAL_UI_PORT=str(free_port()),
-        QUANTUM_NATS_URL=f"nats://127.0.0.1:{nats_port}",
-        QUANTUM_METRICS_PORT=str(metrics_port),
-        COLUMNS="160",
-    )
-    return env
-
-
-def quantum(env: dict[str, str], *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(QUANTUM), *args], env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
-    )
-
-
-def answers(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-    except OSError:
-        return False
-    return True
-
-
-def processes_mentioning(text: str) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if text in line and "ps -eo" not in line]
 
 
 # --- request files -------------------------------------------------------------------------------------------------
@@ -99,30 +64,6 @@ def test_yaml_request_files_are_read(tmp_path: Path) -> None:
 
 
 # --- quantum up, and the commands against it ---------------------------------------------------------------------
-
-
-@pytest.fixture
-def stack_up(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """``quantum up`` as a user starts it, stopped with SIGTERM at the end; asserts it left nothing behind."""
-    temporal_port, nats_port, metrics_port = free_port(), free_port(), free_port()
-    data_dir = tmp_path / "data"
-    env = quantum_env(data_dir, temporal_port, nats_port, metrics_port)
-    log = (tmp_path / "up.log").open("w")
-    proc = subprocess.Popen([str(QUANTUM), "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while "Press Ctrl-C" not in (tmp_path / "up.log").read_text():
-        assert proc.poll() is None, (tmp_path / "up.log").read_text()
-        assert time.monotonic() < deadline, (tmp_path / "up.log").read_text()
-        time.sleep(0.2)
-    try:
-        yield env
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=60)
-        output = (tmp_path / "up.log").read_text()
-        assert code == 0, output
-        assert not answers(temporal_port) and not answers(nats_port) and not answers(metrics_port)
-        assert processes_mentioning(str(data_dir)) == []
 
 
 def test_up_serves_everything_and_the_cli_drives_a_run(stack_up: dict[str, str], tmp_path: Path) -> None:

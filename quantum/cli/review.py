@@ -1,0 +1,155 @@
+"""``quantum review``, and the two ways ``quantum demo`` answers a gate (automatically, or by asking)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.prompt import Confirm, Prompt
+from rich.text import Text
+from temporalio.client import WorkflowHandle
+from temporalio.service import RPCError, RPCStatusCode
+
+from events.models import PipelineRequest, ReviewDecision, ReviewInput
+from quantum.cli.apps import app
+from quantum.cli.connect import client_for, load_settings
+from quantum.cli.errors import USAGE, CliError, namespace_missing, run
+from quantum.cli.output import console, error_line, fail, say
+from quantum.cli.params import RunId, describe_options
+from quantum.cli.runs import TERMINAL, GateHandler, ending, fetch_status, has_ended
+from quantum.views import plain
+from workflows.models import AuditEntry, RunStatusView
+
+REVIEW_OPTIONS = {"gate": "--gate", "reviewer": "--reviewer", "comment": "--comment", "approved": "--approve/--reject"}
+TOO_LATE = "reviews are taken only while a gate is pending"
+RECORD_WAIT_SECONDS = 30.0
+
+
+def review_input(gate: str, reviewer: str, approved: bool, comment: str) -> ReviewInput:
+    """The review as given, checked as the bus checks ``quantum.review.submitted``; a :class:`CliError` (usage)
+    naming each option that is wrong otherwise."""
+    try:
+        return ReviewInput(gate=gate, reviewer=reviewer, approved=approved, comment=comment)
+    except ValidationError as err:
+        raise CliError(describe_options(err, REVIEW_OPTIONS), USAGE) from None
+
+
+def _ours(entry: AuditEntry, decision: ReviewDecision) -> bool:
+    return (entry.gate, entry.reviewer, entry.approved) == (decision.gate, decision.reviewer, decision.approved)
+
+
+async def submit_review(handle: WorkflowHandle[Any, Any], decision: ReviewDecision) -> AuditEntry:
+    """Signal ``decision`` to a run that is still going, and return what its audit trail recorded of it."""
+    view = await fetch_status(handle)
+    if view.status in TERMINAL:
+        raise has_ended(handle.id, view.status, TOO_LATE)
+    recorded = len(view.audit) + view.audit_dropped  # the audit keeps a bounded number of refused reviews
+    try:
+        await handle.signal("review", decision)
+    except RPCError as err:
+        if err.status != RPCStatusCode.NOT_FOUND or namespace_missing(err):
+            raise
+        raise has_ended(handle.id, await ending(handle), TOO_LATE) from None  # it ended a moment ago
+    deadline = asyncio.get_running_loop().time() + RECORD_WAIT_SECONDS
+    while asyncio.get_running_loop().time() < deadline:
+        view = await fetch_status(handle)
+        new = len(view.audit) + view.audit_dropped - recorded  # recorded since: the last ``new`` entries
+        for entry in view.audit[-new:] if new > 0 else []:
+            if _ours(entry, decision):
+                return entry
+        await asyncio.sleep(0.1)
+    raise CliError("the review was sent but the run has not recorded it yet; check `quantum pipeline status`")
+
+
+@app.command()
+def review(
+    pipeline_id: RunId,
+    gate: Annotated[str, typer.Option(help="security, infra or deploy.")],
+    reviewer: Annotated[str, typer.Option(help="Your name, as the approval policy lists it.")],
+    approve: Annotated[bool | None, typer.Option("--approve/--reject", help="Your decision.")] = None,
+    comment: Annotated[str, typer.Option(help="Why.")] = "",
+) -> None:
+    """Approve or reject a gate; says whether the run accepted the review, and why not."""
+    if approve is None:
+        fail("say --approve or --reject", USAGE)
+    try:
+        decision = review_input(gate, reviewer, approve, comment).decision()
+    except CliError as err:
+        fail(str(err), err.code)
+    settings = load_settings()
+
+    async def go() -> AuditEntry:
+        client = await client_for(settings)
+        return await submit_review(client.get_workflow_handle(pipeline_id), decision)
+
+    entry = run(go(), settings)
+    if entry.accepted:
+        say(
+            Text("accepted", style="green"),
+            f": {'approved' if approve else 'rejected'} gate '",
+            plain(decision.gate, one_line=True),
+            "' of ",
+            plain(pipeline_id, one_line=True),
+        )
+    else:
+        say(Text("refused", style="bold red"), ": ", plain(entry.reason, one_line=True), err=True)
+        raise typer.Exit(1)
+
+
+def auto_approver(request: PipelineRequest) -> GateHandler:
+    """Approve each gate with as many of the policy's reviewers as its quorum needs."""
+
+    async def approve(handle: WorkflowHandle[Any, Any], view: RunStatusView) -> None:
+        gate = view.pending_gate or ""
+        reviewers = request.approval_policy.reviewers or ["auto-approver"]
+        for reviewer in reviewers[: request.approval_policy.approvals_for(gate)]:
+            say(
+                Text("gate '", style="yellow"),
+                plain(gate, style="yellow", one_line=True),
+                Text("'", style="yellow"),
+                ": approved automatically as ",
+                plain(reviewer, one_line=True),
+            )
+            decision = review_input(gate, reviewer, True, "--auto-approve").decision()
+            await handle.signal("review", decision)
+
+    return approve
+
+
+def person_at_the_gate(request: PipelineRequest) -> GateHandler:
+    """Ask the person at the terminal to approve or reject each gate."""
+
+    def ask(gate: str, default: str | None) -> ReviewInput:
+        """One review, asked until it is valid (a name that is not empty, bounded lengths)."""
+        while True:
+            reviewer = Prompt.ask(Text("reviewer"), default=default, console=console) or ""
+            approved = Confirm.ask(Text.assemble("approve gate '", plain(gate, one_line=True), "'?"), console=console)
+            comment = Prompt.ask(Text("comment"), default="", console=console)
+            try:
+                return review_input(gate, reviewer, approved, comment)
+            except CliError as err:
+                console.print(error_line(str(err)), soft_wrap=True)
+
+    async def on_gate(handle: WorkflowHandle[Any, Any], view: RunStatusView) -> None:
+        gate = view.pending_gate or ""
+        reason = view.outputs.get(f"{gate}_gate_reason", "")
+        console.print()
+        say(
+            Text.assemble(("Gate '", "bold yellow"), plain(gate, style="bold yellow", one_line=True)),
+            Text("' waits for a review", style="bold yellow"),
+            " (",
+            plain(reason, one_line=True),
+            ")",
+        )
+        reviewers = request.approval_policy.reviewers
+        for index in range(request.approval_policy.approvals_for(gate)):
+            default = reviewers[index] if index < len(reviewers) else None
+            # asked in a thread: the worker in this process keeps running while the person thinks
+            given = await asyncio.to_thread(ask, gate, default)
+            await handle.signal("review", given.decision())
+            if not given.approved:
+                break
+
+    return on_gate

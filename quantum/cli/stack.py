@@ -1,0 +1,117 @@
+"""``quantum up``, ``quantum demo`` and ``quantum bridge``: the commands that run parts of the product."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from events.streams import EVENTS_STREAM, ensure_streams
+from quantum.app import bridge_running, running, wait_for_stop_signal
+from quantum.cli.apps import app
+from quantum.cli.connect import client_for, load_settings, nats_for
+from quantum.cli.errors import USAGE, run
+from quantum.cli.output import console, fail, say
+from quantum.cli.pipeline import load_request, request_pipeline
+from quantum.cli.review import auto_approver, person_at_the_gate
+from quantum.cli.runs import follow, wait_for_run
+from quantum.requests import EXAMPLES
+from quantum.views import plain, summary, without_secrets
+from workflows.models import RunStatusView
+
+EXAMPLE_REQUEST = EXAMPLES / "pipeline.json"
+
+
+def progress(line: str) -> None:
+    """How the embedded stack reports what it starts."""
+    console.print(plain(line, style="dim"), soft_wrap=True)
+
+
+@app.command()
+def up() -> None:
+    """Start the embedded stack (Temporal, NATS) where nothing answers, the worker and metrics; Ctrl-C stops all."""
+    settings = load_settings()
+
+    async def serve() -> None:
+        async with running(settings, say=progress) as live:
+            table = Table(title=Text("Quantum Suite is up"), title_justify="left", show_header=False)
+            table.add_column(style="bold")
+            table.add_column()
+            table.add_row("Temporal", plain(f"{live.stack.temporal_address} (namespace {settings.temporal_namespace})"))
+            if live.stack.temporal_ui_url:
+                table.add_row("Temporal UI", plain(live.stack.temporal_ui_url))
+            table.add_row("NATS", plain(without_secrets(live.stack.nats_url)))
+            table.add_row("metrics", plain(live.metrics_url or "off"))
+            table.add_row("task queue", plain(settings.task_queue))
+            table.add_row("started here", plain(", ".join(live.stack.started) or "nothing (using what was running)"))
+            table.add_row("data", plain(settings.data_path))
+            console.print(table)
+            say("Press Ctrl-C to stop.")
+            await wait_for_stop_signal()
+            say("stopping…")
+
+    run(serve(), settings)
+
+
+@app.command()
+def demo(
+    auto_approve: Annotated[bool, typer.Option("--auto-approve", help="Approve every gate without asking.")] = False,
+    request_file: Annotated[Path, typer.Option("--request", help="The request to run.")] = EXAMPLE_REQUEST,
+) -> None:
+    """Run the example pipeline end to end on the embedded stack, with a live stage table."""
+    settings = load_settings()
+    request = load_request(request_file)
+    if not auto_approve and not sys.stdin.isatty():
+        fail("no terminal to ask at the gates; pass --auto-approve", USAGE)
+
+    async def go() -> RunStatusView:
+        async with running(settings, with_metrics=False, say=progress) as live:
+            run_id = await request_pipeline(live.nc, settings, request)
+            handle = live.client.get_workflow_handle(run_id)
+            say(
+                "requested ",
+                plain(run_id, style="bold"),
+                " for project ",
+                plain(request.project),
+                f" ({request.environment})",
+            )
+            await wait_for_run(handle)
+            on_gate = auto_approver(request) if auto_approve else person_at_the_gate(request)
+            view = await follow(handle, on_gate=on_gate)
+            console.print(summary(view, live.stack.temporal_ui_url, settings.temporal_namespace))
+            if "deployment_url" in view.outputs and view.status == "succeeded":
+                url = plain(view.outputs["deployment_url"], one_line=True)
+                say("The release answered at ", url, "; it stops when the demo ends.")
+            return view
+
+    view = run(go(), settings)
+    if view.status != "succeeded":
+        raise typer.Exit(1)
+
+
+@app.command()
+def bridge() -> None:
+    """Run only the inbound bridge (scale it apart from the worker); Ctrl-C stops it."""
+    settings = load_settings()
+
+    async def serve() -> None:
+        client = await client_for(settings)
+        nc = await nats_for(settings)
+        try:
+            await ensure_streams(nc.jetstream(), settings.stream_limits())
+            async with bridge_running(nc, client, settings):
+                say(
+                    f"bridge consuming {EVENTS_STREAM} on ",
+                    plain(without_secrets(settings.nats_url)),
+                    " into ",
+                    plain(settings.temporal_address),
+                )
+                await wait_for_stop_signal()
+        finally:
+            await nc.close()
+
+    run(serve(), settings)

@@ -5,8 +5,9 @@ raises ``NondeterminismError`` here. To record new histories after an intended, 
 
     QUANTUM_RECORD_HISTORIES=1 python -m pytest tests/workflows/test_record_histories.py
 
-Histories named ``v1-*`` were recorded before runs published outbound events; keep them: they prove that
-runs in flight across that change still replay.
+Histories named ``v1-*`` were recorded before runs published outbound events, ``v2-*`` before compensations waited
+for a cancelled activity to stop and before reviewer names were compared normalised; keep them: they prove that runs
+in flight across those changes still replay (through ``workflow.patched``).
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ FILES = sorted(HISTORIES.glob("*.json"))
 
 
 def test_histories_are_recorded() -> None:
-    """Runs of today's code, and ``v1-`` runs recorded before outbound events (they replay through the patch)."""
+    """Runs of today's code, and runs of earlier versions that replay through the patches."""
     names = {f.stem for f in FILES}
     kinds = {"pipeline-succeeded", "pipeline-compensated", "pipeline-rejected", "pipeline-cancelled"}
-    assert kinds <= names
+    assert kinds | {"pipeline-cancelled-mid-stage"} <= names
     assert {f"v1-{kind}" for kind in kinds} <= names
+    assert {f"v2-{kind}" for kind in kinds} <= names
 
 
 @pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -12,7 +13,7 @@ from temporalio.client import WorkflowFailureError
 
 from events.models import ReviewDecision
 
-from .conftest import Harness, failing, wait_for_gate
+from .conftest import Harness, failing, wait_for, wait_for_gate
 
 pytestmark = pytest.mark.skipif(
     not os.environ.get("QUANTUM_RECORD_HISTORIES"), reason="records replay histories on request only"
@@ -41,6 +42,11 @@ async def test_record(harness: Harness) -> None:
 
         handle = await harness.start_pipeline(environment="prod")
         await wait_for_gate(handle, "deploy")
+        # refused: the requester under another case, and a comment over its bound
+        await handle.signal("review", ReviewDecision(gate="deploy", reviewer="ALICE", approved=True))
+        await handle.signal(
+            "review", ReviewDecision(gate="deploy", reviewer="carol", approved=True, comment="x" * 3000)
+        )
         await handle.signal("review", ReviewDecision(gate="deploy", reviewer="bob", approved=False))
         with pytest.raises(WorkflowFailureError):
             await handle.result()
@@ -54,6 +60,16 @@ async def test_record(harness: Harness) -> None:
         with pytest.raises(WorkflowFailureError):
             await handle.result()
         await save(handle, "pipeline-cancelled")
+
+        # cancelled while the sandbox runs: compensations wait until the activity has stopped
+        slow = "import time\ntime.sleep(30)\n"
+        handle = await harness.start_pipeline(source={"sitecustomize.py": slow})
+        await wait_for(handle, lambda v: v.stages["execute_tests"] == "running")
+        await asyncio.sleep(3)
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        await save(handle, "pipeline-cancelled-mid-stage")
 
         handle = await harness.start(
             "CodeGenerationWorkflow",

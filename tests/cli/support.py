@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.conftest import free_port
@@ -52,3 +54,19 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: "), result.stderr
     return lines[0]
+
+
+def requested_run_at_gate(env: dict[str, str], *request_args: str, gate: str = "deploy", timeout: float = 180) -> str:
+    """Request a run with ``quantum pipeline request ARGS --no-follow``; its id once it waits at ``gate``."""
+    started = quantum(env, "pipeline", "request", *request_args, "--no-follow")
+    assert started.returncode == 0, started.stderr + started.stdout
+    run_id = next(w for w in started.stdout.split() if w.startswith("pipeline-"))
+    deadline = time.monotonic() + timeout
+    while True:  # the request went over the bus: the bridge starts the run a moment later
+        answer = quantum(env, "pipeline", "status", run_id, "--json")
+        view = json.loads(answer.stdout) if answer.returncode == 0 else {"status": "running", "pending_gate": None}
+        if view["pending_gate"] == gate:
+            return run_id
+        assert view["status"] in {"running", "awaiting_review"}, view
+        assert time.monotonic() < deadline, view
+        time.sleep(0.5)

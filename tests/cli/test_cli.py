@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from quantum.cli import app
-from tests.cli.support import QUANTUM, answers, processes_mentioning, quantum, quantum_env
+from tests.cli.support import QUANTUM, answers, processes_mentioning, quantum, quantum_env, requested_run_at_gate
 from tests.conftest import free_port
 
 runner = CliRunner()
@@ -71,10 +71,8 @@ def test_up_serves_everything_and_the_cli_drives_a_run(stack_up: dict[str, str],
     metrics_port = int(env["QUANTUM_METRICS_PORT"])
     assert answers(metrics_port)
 
-    started = quantum(
+    run_id = requested_run_at_gate(
         env,
-        "pipeline",
-        "request",
         "--prompt",
         "an LRU cache for sessions",
         "--project",
@@ -83,20 +81,7 @@ def test_up_serves_everything_and_the_cli_drives_a_run(stack_up: dict[str, str],
         "prod",
         "--requested-by",
         "ann",
-        "--no-follow",
     )
-    assert started.returncode == 0, started.stderr + started.stdout
-    run_id = next(w for w in started.stdout.split() if w.startswith("pipeline-"))
-
-    deadline = time.monotonic() + 120
-    while True:  # the request went over the bus: the bridge starts the run a moment later
-        answer = quantum(env, "pipeline", "status", run_id, "--json")
-        view = json.loads(answer.stdout) if answer.returncode == 0 else {"status": "running", "pending_gate": None}
-        if view["pending_gate"] == "deploy":
-            break
-        assert view["status"] in {"running", "awaiting_review"}, view
-        assert time.monotonic() < deadline, view
-        time.sleep(0.5)
 
     own = quantum(env, "review", run_id, "--gate", "deploy", "--approve", "--reviewer", "ann")
     assert own.returncode == 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from events.models import ReviewDecision
-from tests.cli.support import one_line_error, quantum
+from tests.cli.support import one_line_error, quantum, requested_run_at_gate
 
 ODD = "[/bold]"
 MARKUP = "[red]x[/red] :smile:"
@@ -33,18 +32,7 @@ def request_waiting_at_deploy(env: dict[str, str], tmp_path: Path) -> str:
             }
         )
     )
-    started = quantum(env, "pipeline", "request", str(request), "--no-follow")
-    assert started.returncode == 0, started.stderr + started.stdout
-    run_id = next(w for w in started.stdout.split() if w.startswith("pipeline-"))
-    deadline = time.monotonic() + 180
-    while True:  # the request went over the bus: the bridge starts the run a moment later
-        answer = quantum(env, "pipeline", "status", run_id, "--json")
-        view = json.loads(answer.stdout) if answer.returncode == 0 else {"status": "running", "pending_gate": None}
-        if view["pending_gate"] == "deploy":
-            return run_id
-        assert view["status"] in {"running", "awaiting_review"}, view
-        assert time.monotonic() < deadline, view
-        time.sleep(0.5)
+    return requested_run_at_gate(env, str(request))
 
 
 @pytest.fixture(scope="module")

@@ -126,7 +126,9 @@ class DeployAgent:
         activity.logger.info("release %s of %s serving at %s", inp.release[:12], inp.project, deployment.url)
         return deployment
 
-    def _spawn(self, run_id: str, root: Path, release: str, *, port: int) -> tuple[subprocess.Popen[bytes], Any]:
+    def _spawn(
+        self, run_id: str, root: Path, release: str, *, port: int
+    ) -> tuple[subprocess.Popen[bytes], ProcessIdentity]:
         """Start the release server (from the event loop's thread, so that it dies with this process)."""
         run_dir = root.parent
         port_file = run_dir / "port"

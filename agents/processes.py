@@ -75,7 +75,8 @@ class ProcessIdentity(BaseModel):
 
     def alive(self) -> bool:
         """This very process still runs (not a zombie, not another process under the same pid)."""
-        return start_time(self.pid) == self.start and not _zombie(self.pid)
+        fields = _stat_fields(self.pid)
+        return fields is not None and _start(fields) == self.start and fields[0] not in {"Z", "X"}
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -87,15 +88,15 @@ def _stat_fields(pid: int) -> list[str] | None:
     return text.rsplit(")", 1)[1].split()
 
 
+def _start(fields: list[str]) -> int | None:
+    """The start time (clock ticks since boot) among the fields of ``/proc/<pid>/stat`` after the command name."""
+    return int(fields[19]) if len(fields) > 19 else None
+
+
 def start_time(pid: int) -> int | None:
     """When ``pid`` started, in clock ticks since boot; None when there is no such process."""
     fields = _stat_fields(pid)
-    return int(fields[19]) if fields and len(fields) > 19 else None
-
-
-def _zombie(pid: int) -> bool:
-    fields = _stat_fields(pid)
-    return fields is None or fields[0] in {"Z", "X"}
+    return _start(fields) if fields else None
 
 
 def signal_group(pid: int, sig: int) -> None:

@@ -149,9 +149,9 @@ def relative_path_problem(rel: str) -> str | None:
 
 def safe_join(base: Path, rel: str) -> Path:
     """``base / rel``, refusing unsafe names (see :func:`relative_path_problem`) and links that lead outside."""
-    problem = relative_path_problem(rel)
-    if problem or PurePosixPath(rel).is_absolute():
-        raise failure(UNSAFE_ARTIFACT, f"path {rel[:MAX_PATH_CHARS]!r} {problem or 'must be relative'}")
+    problem = relative_path_problem(rel)  # an absolute path has an empty first part
+    if problem:
+        raise failure(UNSAFE_ARTIFACT, f"path {rel[:MAX_PATH_CHARS]!r} {problem}")
     target = base / PurePosixPath(rel)
     if not target.resolve().is_relative_to(base.resolve()):
         raise failure(UNSAFE_ARTIFACT, f"path {rel!r} leads outside the workspace")

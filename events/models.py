@@ -45,6 +45,10 @@ Comment = Annotated[str, StringConstraints(max_length=MAX_COMMENT_CHARS)]
 _SPACES = re.compile(r"\s+")
 
 
+def _has_control_character(text: str) -> bool:
+    return any(ord(ch) < 32 or ord(ch) == 127 for ch in text)
+
+
 def normalise_identity(name: str) -> str:
     """The form in which names are compared: Unicode NFKC, case-folded, inner spaces collapsed, trimmed.
 
@@ -132,7 +136,7 @@ def source_path_problem(path: str) -> str | None:
     """
     if len(path) > MAX_SOURCE_PATH_CHARS:
         return f"is {len(path)} characters long, over the {MAX_SOURCE_PATH_CHARS} limit"
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in path):
+    if _has_control_character(path):
         return "contains a control character (NUL, newline...)"
     if not path.endswith(".py"):
         return "must end in .py"
@@ -235,7 +239,7 @@ class ReviewDecision(BaseModel):
             return f"the reviewer name is {len(self.reviewer)} characters long, over the {MAX_NAME_CHARS} limit"
         if not normalise_identity(self.reviewer):
             return "the review names no reviewer"
-        if any(ord(ch) < 32 or ord(ch) == 127 for ch in self.reviewer):
+        if _has_control_character(self.reviewer):
             return "the reviewer name contains a control character"
         if len(self.comment) > MAX_COMMENT_CHARS:
             return f"the comment is {len(self.comment)} characters long, over the {MAX_COMMENT_CHARS} limit"

@@ -95,9 +95,10 @@ class EventPublisher:
         )
         nc = await self._connection()
         raw, headers = event.to_bytes(), {"Nats-Msg-Id": event.id}
-        if wire_size(raw, headers) > nc.max_payload:  # the server would drop the connection, not refuse the message
+        size = wire_size(raw, headers)
+        if size > nc.max_payload:  # the server would drop the connection, not refuse the message
             raise ApplicationError(
-                f"{inp.type} is {wire_size(raw, headers)} bytes with its headers, over the server's {nc.max_payload}",
+                f"{inp.type} is {size} bytes with its headers, over the server's {nc.max_payload}",
                 type="InvalidEvent",
                 non_retryable=True,
             )

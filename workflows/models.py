@@ -29,7 +29,6 @@ MAX_WARNING_CHARS = 1000
 MAX_WARNINGS = 50
 MAX_REFUSED_REVIEWS = 50
 MAX_REFUSED_COMMENT_CHARS = 500
-MAX_OUTPUT_CHARS = 2000
 """Bounds that keep the status view (and so every query and the run's closing failure) far below Temporal's 2 MB
 payload limit, whatever reviewers, events and activities send."""
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import asyncio
 import hashlib
-import json
 import re
 import sys
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from temporalio import activity
 
 from agents import provenance
 from agents.errors import INVALID_REQUEST, NO_PATTERN_MATCH, UNSAFE_ARTIFACT, failure
+from agents.library import Pattern, PatternLibrary, Verdict
 from agents.models import (
     CleanupResult,
     CodeValidation,
@@ -52,15 +52,11 @@ CODE_SYSTEM_PROMPT = (
 )
 OFFLINE_PROVIDER = "offline-patterns"
 TOP_K = 3
-MIN_SIMILARITY = 0.2
-"""Cosine similarity below which the offline provider says it has nothing, rather than guess."""
-PATTERNS_DIR = Path(__file__).parent / "patterns_lib"
 
 GENERATIONS = Counter(
     "quantum_agent_code_generations_total", "Code generations by provider and pattern", ["provider", "pattern"]
 )
 
-_WORD = re.compile(r"[a-z0-9]+")
 MODEL_PROVIDER = "openai-compatible"
 
 
@@ -98,76 +94,6 @@ def checked_files(reply: FilesReply, *, suffix: str = ".py") -> dict[str, str]:
     return files
 
 
-def words(text: str) -> set[str]:
-    """Lower-case words of ``text``, with a plural ``s`` dropped so 'services' meets 'service'."""
-    found = set()
-    for word in _WORD.findall(text.lower()):
-        found.add(word)
-        if len(word) > 3 and word.endswith("s"):
-            found.add(word[:-1])
-    return found
-
-
-@dataclass(frozen=True)
-class Pattern:
-    """One vetted pattern: its code and its tests, with ``{{module}}``-style placeholders."""
-
-    name: str
-    description: str
-    keywords: tuple[str, ...]
-    module_template: str
-    tests_template: str
-
-    def render(self, template: str, *, module: str, project: str, prompt: str) -> str:
-        title = project.replace("-", " ").replace("_", " ").title()
-        safe_prompt = " ".join(prompt.split()).replace("\\", "/").replace('"""', "'''")
-        text = template.replace("{{module}}", module).replace("{{project}}", project).replace("{{title}}", title)
-        return text.replace("{{prompt}}", safe_prompt)
-
-    def score(self, prompt: str) -> float:
-        """The share of this pattern's keywords the prompt names, with the name itself counting double."""
-        asked = words(prompt)
-        hits = sum(1 for keyword in self.keywords if keyword in asked)
-        if self.name in asked or self.name.replace("_", "") in asked:
-            hits += 2
-        return round(hits / len(self.keywords), 4) if self.keywords else 0.0
-
-
-class PatternLibrary:
-    """The shipped library of vetted patterns, loaded from ``root`` (one folder per pattern)."""
-
-    def __init__(self, root: Path = PATTERNS_DIR) -> None:
-        self.patterns: dict[str, Pattern] = {}
-        for meta_path in sorted(root.glob("*/pattern.json")):
-            meta = json.loads(meta_path.read_text())
-            folder = meta_path.parent
-            self.patterns[meta["name"]] = Pattern(
-                name=meta["name"],
-                description=meta["description"],
-                keywords=tuple(meta["keywords"]),
-                module_template=(folder / "module.py").read_text(),
-                tests_template=(folder / "test_module.py").read_text(),
-            )
-
-    def get(self, name: str) -> Pattern:
-        try:
-            return self.patterns[name]
-        except KeyError:
-            raise failure(NO_PATTERN_MATCH, f"no pattern named {name!r}; known: {', '.join(self.patterns)}") from None
-
-    def best_match(self, prompt: str) -> tuple[Pattern, float]:
-        """The pattern whose keywords the prompt names most (ties go to the first by name)."""
-        ranked = sorted(((p.score(prompt), p.name) for p in self.patterns.values()), key=lambda s: (-s[0], s[1]))
-        if not ranked or ranked[0][0] <= 0:
-            raise failure(
-                NO_PATTERN_MATCH,
-                f"the offline pattern library has nothing for {prompt[:80]!r}; it knows: "
-                + "; ".join(f"{p.name} ({p.description})" for p in self.patterns.values()),
-            )
-        score, name = ranked[0]
-        return self.patterns[name], score
-
-
 def module_name(project: str) -> str:
     """An importable module name for ``project`` that shadows nothing in the standard library."""
     name = re.sub(r"[^a-z0-9_]", "_", project.lower())
@@ -193,32 +119,39 @@ class CodegenAgent:
         self.store = store
         self.llm = llm
 
-    async def choose(self, prompt: str) -> tuple[list[tuple[Pattern, float]], list[str]]:
-        """The closest patterns, best first: from the pattern store (top-k), or by keywords without one.
+    async def choose(self, inp: GenerateCodeInput) -> tuple[list[tuple[Pattern, float]], Verdict | None, list[str]]:
+        """The patterns for a request, best first, the offline verdict, and notes on how they were chosen.
 
-        The offline provider writes the best one and so needs it close enough; a model gets them as context.
+        Offline, the library's precision-first match decides (the store's similarity only breaks ties), and a
+        request it cannot serve is refused with the reason and a way forward. A model gets the closest patterns
+        from the store (top-k) as references, or the library's best candidates without a store.
         """
+        if self.llm is None:
+            similarity = {}
+            if self.store is not None:
+                similarity = {
+                    m.name: m.score for m in await self.store.search(inp.prompt, k=len(self.patterns.patterns))
+                }
+            verdict = self.patterns.match(inp.prompt, names=inp.required_names, similarity=similarity)
+            if verdict.pattern is None:
+                raise failure(NO_PATTERN_MATCH, self.patterns.refusal(inp.prompt, verdict))
+            return [(verdict.pattern, verdict.score)], verdict, [f"Chosen: {verdict.summary()}."]
         if self.store is None:
-            pattern, score = self.patterns.best_match(prompt)
-            return [(pattern, score)], [f"chosen by keywords (score {score:.2f}); no pattern store configured"]
-        matches = await self.store.search(prompt, k=TOP_K)
-        ranked = ", ".join(f"{m.name} {m.score:.2f}" for m in matches)
-        if self.llm is None and (not matches or matches[0].score < MIN_SIMILARITY):
-            raise failure(
-                NO_PATTERN_MATCH,
-                f"no pattern is close enough to {prompt[:80]!r} (closest: {ranked or 'none'}; "
-                f"needs {MIN_SIMILARITY}); known: {', '.join(self.patterns.patterns)}",
-            )
+            ranked = self.patterns.candidates(inp.prompt)[:TOP_K]
+            listed = ", ".join(f"{c.pattern.name} {c.score:.2f}" for c in ranked)
+            return [(c.pattern, c.score) for c in ranked], None, [f"closest patterns in the library: {listed}"]
+        matches = await self.store.search(inp.prompt, k=TOP_K)
         if not matches:
             raise failure(NO_PATTERN_MATCH, "the pattern store is empty")
-        return [(m.pattern, m.score) for m in matches], [f"closest patterns in the store: {ranked}"]
+        listed = ", ".join(f"{m.name} {m.score:.2f}" for m in matches)
+        return [(m.pattern, m.score) for m in matches], None, [f"closest patterns in the store: {listed}"]
 
     @activity.defn(name="codegen.generate_code")
     async def generate_code(self, inp: GenerateCodeInput) -> GeneratedCode:
         """Generate the request's code from the closest pattern, then lay the request's source files over it."""
         if inp.language != "python":
             raise failure(INVALID_REQUEST, f"language {inp.language!r} is not supported; use python")
-        closest, context = await self.choose(inp.prompt)
+        closest, verdict, context = await self.choose(inp)
         pattern, score = closest[0]
         module = module_name(inp.project)
         if self.llm is None:
@@ -235,7 +168,7 @@ class CodegenAgent:
             )
         else:
             draft = await self._ask_model(inp, module, [p for p, _ in closest], context)
-        return await asyncio.to_thread(self._write, inp, pattern, score, module, draft)
+        return await asyncio.to_thread(self._write, inp, pattern, score, verdict, module, draft)
 
     async def _ask_model(
         self, inp: GenerateCodeInput, module: str, references: list[Pattern], context: list[str]
@@ -269,7 +202,13 @@ class CodegenAgent:
         )
 
     def _write(
-        self, inp: GenerateCodeInput, pattern: Pattern, score: float, module: str, draft: Draft
+        self,
+        inp: GenerateCodeInput,
+        pattern: Pattern,
+        score: float,
+        verdict: Verdict | None,
+        module: str,
+        draft: Draft,
     ) -> GeneratedCode:
         self.workspaces.claim(inp.run_id)
         src = self.workspaces.src(inp.run_id)
@@ -311,6 +250,8 @@ class CodegenAgent:
             model=draft.model,
             pattern=pattern.name,
             pattern_score=score,
+            runner_up=verdict.runner_up if verdict else None,
+            runner_up_score=verdict.runner_up_score if verdict else 0.0,
             notes=notes,
             provenance=str(statement_path),
             prompt_sha256=provenance.sha256_text(inp.prompt),

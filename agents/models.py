@@ -32,6 +32,11 @@ class GenerateCodeInput(_Model):
     prompt: str
     language: str = "python"
     source: dict[str, str] = Field(default_factory=dict)
+    required_names: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Code names the request's acceptance examples call; a pattern must define them to serve it.",
+    )
 
 
 class ArtifactFile(_Model):
@@ -48,7 +53,9 @@ class GeneratedCode(_Model):
     provider: str = Field(description="Who wrote the code, e.g. 'offline-patterns' or 'openai-compatible'.")
     model: str | None = None
     pattern: str | None = Field(default=None, description="The library pattern the code came from, if any.")
-    pattern_score: float = 0.0
+    pattern_score: float = Field(default=0.0, description="How much of the request the pattern explains, 0 to 1.")
+    runner_up: str | None = Field(default=None, description="The next pattern the offline provider considered.")
+    runner_up_score: float = 0.0
     notes: list[str] = Field(default_factory=list)
     provenance: str | None = Field(default=None, description="Path of the in-toto statement beside the artifacts.")
     prompt_sha256: str | None = None

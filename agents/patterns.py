@@ -20,7 +20,7 @@ from typing import Any
 from qdrant_client import AsyncQdrantClient
 from qdrant_client.models import Distance, PointStruct, VectorParams
 
-from agents.codegen import Pattern, PatternLibrary, words
+from agents.library import Pattern, PatternLibrary, words
 
 COLLECTION = "quantum-patterns"
 NAMESPACE = uuid.UUID("5b0e1a2c-3d4f-4a6b-8c9d-0e1f2a3b4c5d")

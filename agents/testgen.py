@@ -18,7 +18,8 @@ from defusedxml.common import DefusedXmlException
 from prometheus_client import Counter, Histogram
 from temporalio import activity
 
-from agents.codegen import MODEL_PROVIDER, OFFLINE_PROVIDER, FilesReply, PatternLibrary, checked_files, remove_dir
+from agents.codegen import MODEL_PROVIDER, OFFLINE_PROVIDER, FilesReply, checked_files, remove_dir
+from agents.library import PatternLibrary
 from agents.errors import INVALID_REQUEST, UNSAFE_ARTIFACT, failure
 from agents.models import (
     CleanupResult,

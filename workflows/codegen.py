@@ -9,7 +9,7 @@ import pydantic
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from agents.codegen import CodegenAgent
+    from agents.codegen import OFFLINE_PROVIDER, CodegenAgent
     from agents.models import Fingerprint, GenerateCodeInput, GeneratedCode, RunRef
     from events.models import ApprovalPolicy, CodeRequest, ReviewDecision
     from workflows import presets
@@ -32,6 +32,8 @@ async def generate(run: Run, inp: GenerateCodeInput) -> GeneratedCode:
         CodegenAgent.generate_code, inp, **presets.stage(presets.QUICK)
     )
     run.view.outputs.update(provider=code.provider, model=code.model, pattern=code.pattern, module=code.module)
+    if code.pattern is not None and code.provider == OFFLINE_PROVIDER:
+        run.view.outputs.update(pattern_score=code.pattern_score, runner_up=code.runner_up)
     return code
 
 

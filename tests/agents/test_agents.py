@@ -66,17 +66,18 @@ async def generate(workspaces: Workspaces, prompt: str, *, project: str = "demo-
 
 @pytest.mark.parametrize("pattern", sorted(PROMPTS))
 def test_each_prompt_picks_its_pattern(pattern: str) -> None:
-    chosen, score = library.best_match(PROMPTS[pattern])
+    chosen, verdict = library.best_match(PROMPTS[pattern])
     assert chosen.name == pattern
-    assert 0 < score <= 1.5
+    assert 0 < verdict.score <= 1 and verdict.runner_up not in (None, pattern)
 
 
-def test_a_prompt_no_pattern_fits_is_refused_naming_the_patterns() -> None:
+def test_a_prompt_no_pattern_fits_is_refused_naming_the_patterns_and_the_way_forward() -> None:
     with pytest.raises(ApplicationError) as info:
         library.best_match("quantum chromodynamics lattice")
     assert info.value.type == "NoPatternMatch"
     assert info.value.non_retryable
-    assert "slugify" in info.value.message
+    assert "slugify (URL slugs from titles)" in info.value.message
+    assert "QUANTUM_LLM_BASE_URL" in info.value.message and "Ollama" in info.value.message
 
 
 def test_module_names_never_shadow_the_standard_library() -> None:

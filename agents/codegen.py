@@ -13,7 +13,7 @@ import hashlib
 import re
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,12 +30,15 @@ from agents.models import (
     Fingerprint,
     GenerateCodeInput,
     GeneratedCode,
+    ModelUsage,
     RunRef,
 )
 from agents.workspace import (
+    UntrustedFile,
     Workspaces,
     file_record,
     files_under,
+    read_untrusted,
     relative_path_problem,
     remove_tree,
     safe_join,
@@ -52,6 +55,7 @@ CODE_SYSTEM_PROMPT = (
 )
 OFFLINE_PROVIDER = "offline-patterns"
 TOP_K = 3
+MAX_PREVIOUS_BYTES = 32 * 1024
 
 GENERATIONS = Counter(
     "quantum_agent_code_generations_total", "Code generations by provider and pattern", ["provider", "pattern"]
@@ -80,6 +84,7 @@ class Draft:
     provider: str
     model: str | None
     notes: list[str]
+    usage: ModelUsage = field(default_factory=ModelUsage)
 
 
 def checked_files(reply: FilesReply, *, suffix: str = ".py") -> dict[str, str]:
@@ -173,6 +178,7 @@ class CodegenAgent:
     async def _ask_model(
         self, inp: GenerateCodeInput, module: str, references: list[Pattern], context: list[str]
     ) -> Draft:
+        """Ask the model for the module; on a repair attempt, with the code it wrote before and why it failed."""
         assert self.llm is not None
         examples = "\n\n".join(
             f"Pattern '{p.name}' ({p.description}):\n```python\n"
@@ -182,10 +188,21 @@ class CodegenAgent:
         user = (
             f"Request: {inp.prompt}\n\nWrite the module `{module}.py` (Python 3.11, standard library only). "
             f"Put it in a file named exactly `{module}.py`; more files only if needed, relative .py paths.\n\n"
-            f"Vetted patterns close to the request, closest first, for reference:\n\n{examples}"
         )
+        if inp.specification:
+            user += f"The request's acceptance checks, which the module must pass:\n{inp.specification}\n\n"
+        if inp.feedback:
+            before = await asyncio.to_thread(self._previous, inp.run_id, module)
+            user += (
+                f"This is attempt {inp.attempt}. The previous attempt failed:\n{inp.feedback}\n\n"
+                + (f"The code it wrote:\n```python\n{before}\n```\n\n" if before else "")
+                + "Fix the module so that it does what the request asks; reply with the whole module.\n\n"
+            )
+        user += f"Vetted patterns close to the request, closest first, for reference:\n\n{examples}"
         pattern = references[0]
-        completion = await self.llm.complete_json(system=CODE_SYSTEM_PROMPT, user=user, schema=FilesReply)
+        completion = await self.llm.complete_json(
+            system=CODE_SYSTEM_PROMPT, user=user, schema=FilesReply, max_tokens=inp.max_tokens
+        )
         files = checked_files(completion.value)
         if f"{module}.py" not in files:
             raise failure(INVALID_REQUEST, f"the model wrote {sorted(files)} but not {module}.py")
@@ -194,12 +211,26 @@ class CodegenAgent:
             provider=MODEL_PROVIDER,
             model=completion.model,
             notes=[
-                f"Code from model {completion.model} ({completion.prompt_tokens} prompt and "
+                f"Code from model {completion.model}, attempt {inp.attempt} ({completion.prompt_tokens} prompt and "
                 f"{completion.completion_tokens} completion tokens, {completion.latency_seconds:.2f} s"
                 f"{', repaired once' if completion.repaired else ''}); pattern '{pattern.name}' given as reference.",
                 *context,
             ],
+            usage=ModelUsage(
+                prompt_tokens=completion.prompt_tokens,
+                completion_tokens=completion.completion_tokens,
+                cost=completion.cost,
+            ),
         )
+
+    def _previous(self, run_id: str, module: str) -> str:
+        """The module the previous attempt wrote (bounded), or nothing."""
+        try:
+            return read_untrusted(self.workspaces.src(run_id), f"{module}.py", max_bytes=MAX_PREVIOUS_BYTES).decode(
+                errors="replace"
+            )
+        except UntrustedFile:
+            return ""
 
     def _write(
         self,
@@ -255,6 +286,8 @@ class CodegenAgent:
             notes=notes,
             provenance=str(statement_path),
             prompt_sha256=provenance.sha256_text(inp.prompt),
+            usage=draft.usage,
+            attempt=inp.attempt,
         )
 
     @activity.defn(name="codegen.validate_code")

@@ -29,9 +29,12 @@ from agents.errors import INVALID_MODEL_REPLY, MODEL_RATE_LIMITED, MODEL_REJECTE
 log = logging.getLogger(__name__)
 T = TypeVar("T", bound=BaseModel)
 
-REQUESTS = Counter("quantum_llm_requests_total", "Requests to the model endpoint by outcome", ["outcome"])
-TOKENS = Counter("quantum_llm_tokens_total", "Tokens used, by kind", ["kind"])
-LATENCY = Histogram("quantum_llm_latency_seconds", "Latency of one model request")
+REQUESTS = Counter(
+    "quantum_llm_requests_total", "Requests to the model endpoint by model and outcome", ["model", "outcome"]
+)
+TOKENS = Counter("quantum_llm_tokens_total", "Tokens used, by model and kind", ["model", "kind"])
+COST = Counter("quantum_llm_cost_total", "What the model requests cost, in the configured currency", ["model"])
+LATENCY = Histogram("quantum_llm_latency_seconds", "Latency of one model request", ["model"])
 _FENCED = re.compile(r"```(?:json)?\s*(\{.*?\}|\[.*?\])\s*```", re.DOTALL)
 
 
@@ -44,6 +47,14 @@ class LLMConfig:
     api_key: str | None = None
     timeout_seconds: float = 60.0
     embedding_model: str | None = None
+    prompt_price_per_1k: float = 0.0
+    completion_price_per_1k: float = 0.0
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """What a request cost at the configured prices (0 when none are configured)."""
+        return round(
+            prompt_tokens * self.prompt_price_per_1k / 1000 + completion_tokens * self.completion_price_per_1k / 1000, 6
+        )
 
     def __repr__(self) -> str:  # never show the key
         return f"LLMConfig(base_url={self.base_url!r}, model={self.model!r})"
@@ -58,6 +69,11 @@ class Completion(Generic[T]):
     latency_seconds: float
     repaired: bool
     structured: bool
+    cost: float = 0.0
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
 
 
 def parse_reply(text: str) -> Any:
@@ -73,6 +89,11 @@ def parse_reply(text: str) -> Any:
     if 0 <= start < end:
         return json.loads(text[start : end + 1])
     raise json.JSONDecodeError("no JSON object in the reply", text, 0)
+
+
+def _usage(reply: Any) -> tuple[int, int]:
+    usage = reply.usage
+    return (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
 
 
 def _retry_after(err: openai.APIStatusError) -> timedelta | None:
@@ -117,8 +138,10 @@ class LLMGateway:
             return failure(MODEL_REJECTED, f"{where} refused the request ({err.status_code}): {message}")
         return err
 
-    async def _chat(self, messages: list[dict[str, str]], schema: type[BaseModel] | None) -> tuple[str, Any, float]:
-        options: dict[str, Any] = {}
+    async def _chat(
+        self, messages: list[dict[str, str]], schema: type[BaseModel] | None, max_tokens: int | None
+    ) -> tuple[str, Any, float]:
+        options: dict[str, Any] = {"max_tokens": max_tokens} if max_tokens else {}
         if schema is not None:
             options["response_format"] = {
                 "type": "json_schema",
@@ -132,21 +155,33 @@ class LLMGateway:
                 **options,
             )
         except openai.OpenAIError as err:
-            REQUESTS.labels(type(err).__name__).inc()
+            REQUESTS.labels(self.config.model, type(err).__name__).inc()
             raise
         latency = time.perf_counter() - started
-        LATENCY.observe(latency)
-        REQUESTS.labels("ok").inc()
+        model = self.config.model
+        LATENCY.labels(model).observe(latency)
+        REQUESTS.labels(model, "ok").inc()
         if reply.usage:
-            TOKENS.labels("prompt").inc(reply.usage.prompt_tokens)
-            TOKENS.labels("completion").inc(reply.usage.completion_tokens)
+            TOKENS.labels(model, "prompt").inc(reply.usage.prompt_tokens)
+            TOKENS.labels(model, "completion").inc(reply.usage.completion_tokens)
+            COST.labels(model).inc(self.config.cost(reply.usage.prompt_tokens, reply.usage.completion_tokens))
         return reply.choices[0].message.content or "", reply, latency
 
-    async def complete_json(self, *, system: str, user: str, schema: type[T]) -> Completion[T]:
-        """Ask for a reply matching ``schema``; one repair attempt; classified failures otherwise."""
+    async def complete_json(
+        self, *, system: str, user: str, schema: type[T], max_tokens: int | None = None
+    ) -> Completion[T]:
+        """Ask for a reply matching ``schema``; one repair attempt; classified failures otherwise.
+
+        ``max_tokens`` caps the completion (what is left of a run's token budget); the key, if it appears in
+        ``user`` (failing output sent back for a repair), is masked before anything leaves.
+        """
+        if self.config.api_key:
+            user = user.replace(self.config.api_key, "***")
         messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        prompt_tokens = completion_tokens = 0
         try:
-            text, reply, latency = await self._ask(messages, schema)
+            text, reply, latency = await self._ask(messages, schema, max_tokens)
+            prompt_tokens, completion_tokens = _usage(reply)
             structured = self._structured
             try:
                 value = schema.model_validate(parse_reply(text))
@@ -161,8 +196,11 @@ class LLMGateway:
                         f"{problems}. Reply again with only the corrected JSON object.",
                     },
                 ]
-                text, reply, more = await self._ask(messages, schema)
+                text, reply, more = await self._ask(messages, schema, max_tokens)
                 latency += more
+                prompt_tokens, completion_tokens = (
+                    a + b for a, b in zip(_usage(reply), (prompt_tokens, completion_tokens), strict=True)
+                )
                 try:
                     value = schema.model_validate(parse_reply(text))
                 except (ValidationError, json.JSONDecodeError) as again:
@@ -173,21 +211,23 @@ class LLMGateway:
                 repaired = True
         except openai.OpenAIError as err:
             raise self._classify(err) from None
-        usage = reply.usage
         return Completion(
             value=value,
             model=reply.model or self.config.model,
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
             latency_seconds=latency,
             repaired=repaired,
             structured=structured,
+            cost=self.config.cost(prompt_tokens, completion_tokens),
         )
 
-    async def _ask(self, messages: list[dict[str, str]], schema: type[BaseModel]) -> tuple[str, Any, float]:
+    async def _ask(
+        self, messages: list[dict[str, str]], schema: type[BaseModel], max_tokens: int | None
+    ) -> tuple[str, Any, float]:
         if self._structured:
             try:
-                return await self._chat(messages, schema)
+                return await self._chat(messages, schema, max_tokens)
             except openai.BadRequestError as err:
                 if not _rejects_response_format(err):
                     raise
@@ -199,7 +239,7 @@ class LLMGateway:
             "content": f"{messages[0]['content']}\nReply with one JSON object matching this JSON schema: "
             f"{json.dumps(schema.model_json_schema())}",
         }
-        return await self._chat(plain, None)
+        return await self._chat(plain, None, max_tokens)
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         if not self.config.embedding_model:

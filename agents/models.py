@@ -6,11 +6,36 @@ Each activity takes one model and returns one, so fields can be added compatibly
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import ast
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 Impact = Literal["LOW", "MEDIUM", "HIGH"]
+MAX_ATTEMPTS = 10
+MAX_FEEDBACK_CHARS = 6000
+MAX_SPECIFICATION_CHARS = 300 * 1024
+MAX_EXAMPLES = 100
+MAX_EXAMPLE_ARGS = 50
+MAX_EXPR_CHARS = 2000
+MAX_DOTTED_CHARS = 200
+MAX_HTTP_PATH_CHARS = 2000
+MAX_JSON_DEPTH = 20
+MAX_ACCEPTANCE_TESTS_BYTES = 64 * 1024
+MAX_ACCEPTANCE_BYTES = 256 * 1024
+MAX_ACCEPTANCE_FAILURES = 10
+MAX_ACCEPTANCE_TEXT_CHARS = 500
 
 
 class _Model(BaseModel):
@@ -37,6 +62,26 @@ class GenerateCodeInput(_Model):
         max_length=100,
         description="Code names the request's acceptance examples call; a pattern must define them to serve it.",
     )
+    attempt: int = Field(default=1, ge=1, le=MAX_ATTEMPTS, description="Which attempt of the repair loop this is.")
+    feedback: str = Field(
+        default="", max_length=MAX_FEEDBACK_CHARS, description="Why the previous attempt failed, for the model."
+    )
+    max_tokens: int | None = Field(default=None, gt=0, description="What is left of the run's token budget.")
+    specification: str = Field(
+        default="", max_length=MAX_SPECIFICATION_CHARS, description="The request's acceptance checks, as text."
+    )
+
+
+class ModelUsage(_Model):
+    """What a model-backed step used."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
 
 
 class ArtifactFile(_Model):
@@ -59,6 +104,8 @@ class GeneratedCode(_Model):
     notes: list[str] = Field(default_factory=list)
     provenance: str | None = Field(default=None, description="Path of the in-toto statement beside the artifacts.")
     prompt_sha256: str | None = None
+    usage: ModelUsage = Field(default_factory=ModelUsage)
+    attempt: int = 1
 
 
 class CodeValidation(_Model):
@@ -76,6 +123,13 @@ class CleanupResult(_Model):
     removed: list[str] = Field(default_factory=list)
 
 
+def _without_none(data: dict[str, Any], key: str) -> dict[str, Any]:
+    """``data`` without ``key`` when it is None: a field added later, left out when unused."""
+    if data.get(key, ...) is None:
+        data.pop(key)
+    return data
+
+
 # --- QTest: test generation and execution -------------------------------------------------------------------------
 
 
@@ -84,6 +138,9 @@ class GenerateTestsInput(_Model):
     module: str
     prompt: str
     pattern: str | None = None
+    attempt: int = Field(default=1, ge=1, le=MAX_ATTEMPTS)
+    feedback: str = Field(default="", max_length=MAX_FEEDBACK_CHARS)
+    max_tokens: int | None = Field(default=None, gt=0)
 
 
 class GeneratedTests(_Model):
@@ -91,6 +148,201 @@ class GeneratedTests(_Model):
     files: list[ArtifactFile]
     provider: str
     test_count: int
+    usage: ModelUsage = Field(default_factory=ModelUsage)
+
+
+# --- QTest: acceptance (the request is the specification) -----------------------------------------------------------
+# The same models, field for field, as events/models.py's (agents and events import nothing of each other): the
+# pipeline converts the request's ``acceptance`` into this one, and tests/agents/test_acceptance.py holds the two to
+# one JSON Schema and one behaviour.
+
+DottedName = Annotated[
+    str,
+    StringConstraints(max_length=MAX_DOTTED_CHARS, pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"),
+]
+"""A Python name or a dotted path of names: ``slugify``, ``Stack.from_list``, ``json.JSONDecodeError``."""
+Identifier = Annotated[str, StringConstraints(max_length=100, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+def _acceptance_problem(text: str) -> PydanticCustomError:
+    """A validation error whose message is ``text`` as it is (no prefix, no template read in it)."""
+    return PydanticCustomError("acceptance", "{problem}", {"problem": text})
+
+
+def _nests_deeper_than(value: Any, limit: int) -> bool:
+    """Whether the lists and objects of ``value`` nest more than ``limit`` levels deep (counted without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = list(item.values())
+        elif isinstance(item, (list, tuple)):
+            children = list(item)
+        else:
+            continue
+        if depth >= limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+class _AsWritten(_Model):
+    """Serialised with only the fields that were given: ``expect: null`` stays apart from no ``expect`` through
+    every round trip (an event, a workflow input, an activity input)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, serialize_by_alias=True)
+
+    @model_serializer(mode="wrap")
+    def _as_written(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        fields = type(self).model_fields
+        unset = set(fields) - self.model_fields_set
+        drop = unset | {fields[name].alias for name in unset if fields[name].alias}
+        return {key: value for key, value in data.items() if key not in drop}
+
+
+class HttpCall(_AsWritten):
+    """An HTTP request to the module's server: ``make_server(port=0, host="127.0.0.1")`` started in the sandbox."""
+
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "GET"
+    path: Annotated[str, StringConstraints(max_length=MAX_HTTP_PATH_CHARS, pattern=r"^/[!-~]*$")] = Field(
+        description="Starts with /; printable ASCII, no spaces."
+    )
+    body: JsonValue = Field(default=None, alias="json", description="JSON to send; absent sends no body.")
+
+
+class AcceptanceExample(_AsWritten):
+    """One example: a call, an expression or an HTTP request, and what it must give."""
+
+    call: DottedName | None = Field(
+        default=None, description="A function of the module under test by name or dotted path (Stack.from_list)."
+    )
+    args: list[JsonValue] = Field(default_factory=list, max_length=MAX_EXAMPLE_ARGS, description="Of the call.")
+    kwargs: dict[Identifier, JsonValue] = Field(
+        default_factory=dict, max_length=MAX_EXAMPLE_ARGS, description="Of the call."
+    )
+    expr: Annotated[str, StringConstraints(min_length=1, max_length=MAX_EXPR_CHARS)] | None = Field(
+        default=None, description="A Python expression, evaluated with the module's names in scope."
+    )
+    http: HttpCall | None = None
+    expect: JsonValue = Field(default=None, description="What the call or expression returns (JSON; null is a value).")
+    raises: DottedName | None = Field(
+        default=None, description="Instead of expect: the exception the call or expression raises (or a base of it)."
+    )
+    status: int = Field(default=200, ge=100, le=599, description="The HTTP status the request is answered with.")
+    expect_json: JsonValue = Field(
+        default=None, description="The JSON the request is answered with (null is a value); absent: not checked."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shallow(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            http = data.get("http")
+            values = [data.get(key) for key in ("args", "kwargs", "expect", "expect_json")]
+            values.append(http.get("json") if isinstance(http, dict) else None)
+            if any(_nests_deeper_than(value, MAX_JSON_DEPTH) for value in values):
+                raise _acceptance_problem(f"its JSON values nest deeper than {MAX_JSON_DEPTH} levels")
+        return data
+
+    @field_validator("expr")
+    @classmethod
+    def _parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ast.parse(value, mode="eval")
+            except SyntaxError as err:
+                where = f" at column {err.offset}" if err.offset else ""
+                raise _acceptance_problem(f"does not parse as a Python expression: {err.msg}{where}") from None
+            except ValueError as err:  # a NUL character
+                raise _acceptance_problem(f"does not parse as a Python expression: {err}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> AcceptanceExample:
+        given = self.model_fields_set
+        kinds = [kind for kind in ("call", "expr", "http") if getattr(self, kind) is not None]
+        if len(kinds) != 1:
+            raise _acceptance_problem(
+                f"give one of call, expr or http, not {' and '.join(kinds)}"
+                if kinds
+                else "give one of call, expr or http"
+            )
+        expects = "expect" in given
+        if self.http is None:
+            if expects and self.raises is not None:
+                raise _acceptance_problem("give expect or raises, not both")
+            if not expects and self.raises is None:
+                raise _acceptance_problem("give expect (what it returns) or raises (what it raises)")
+            if given & {"status", "expect_json"}:
+                raise _acceptance_problem("status and expect_json go with http examples")
+        elif expects or self.raises is not None:
+            raise _acceptance_problem("an http example checks status and expect_json, not expect or raises")
+        if self.call is None and given & {"args", "kwargs"}:
+            raise _acceptance_problem("args and kwargs go with call examples")
+        return self
+
+
+class Acceptance(_AsWritten):
+    """What the code must do, whoever wrote it: examples and pytest tests run in the sandbox before the generated
+    tests; any failure fails execute_tests."""
+
+    examples: list[AcceptanceExample] = Field(default_factory=list, max_length=MAX_EXAMPLES)
+    tests: Annotated[str, StringConstraints(max_length=MAX_ACCEPTANCE_TESTS_BYTES)] | None = Field(
+        default=None, description="pytest text, run as acceptance/test_request.py (fixture `module`: the code)."
+    )
+
+    @field_validator("tests")
+    @classmethod
+    def _tests_parse(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        size = len(value.encode(errors="surrogatepass"))
+        if size > MAX_ACCEPTANCE_TESTS_BYTES:
+            raise _acceptance_problem(f"is {size} bytes long, over the {MAX_ACCEPTANCE_TESTS_BYTES} byte limit")
+        try:
+            ast.parse(value, filename="test_request.py")
+        except SyntaxError as err:
+            raise _acceptance_problem(f"does not parse as Python: line {err.lineno}: {err.msg}") from None
+        except ValueError as err:  # a NUL character
+            raise _acceptance_problem(f"does not parse as Python: {err}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Acceptance:
+        if not self.examples and not self.tests:
+            raise _acceptance_problem("give examples, tests or both")
+        size = len(self.model_dump_json().encode(errors="surrogatepass"))
+        if size > MAX_ACCEPTANCE_BYTES:
+            raise _acceptance_problem(f"is {size} bytes as JSON, over the {MAX_ACCEPTANCE_BYTES} byte limit")
+        return self
+
+
+class AcceptanceReport(_Model):
+    """How the code fared against the request's acceptance examples and tests (run before the generated tests)."""
+
+    total: int = 0
+    passed: int = 0
+    failed: int = Field(default=0, description="Examples and request tests that failed, errored or did not run.")
+    failures: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_ACCEPTANCE_FAILURES,
+        description="The first failures, each naming its example: `example 2: slugify('Hello World') returned "
+        "'hello_world', expected 'hello-world'`.",
+    )
+    duration_seconds: float = 0.0
+    timed_out: bool = False
+    problems: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_ACCEPTANCE_FAILURES,
+        description="Why the result cannot be trusted (a report missing, unreadable, contradicting pytest's exit "
+        "status or leaving examples out). Any problem fails the stage.",
+    )
+
+    @property
+    def ok(self) -> bool:
+        """Every example and request test passed, within the time limit, and the result can be trusted."""
+        return not (self.failed or self.problems or self.timed_out)
 
 
 class ExecuteTestsInput(_Model):
@@ -101,6 +353,14 @@ class ExecuteTestsInput(_Model):
     min_mutation_score: float = Field(
         default=0.0, ge=0, le=1, description="The policy's score; above 0, a run that yields no score has a problem."
     )
+    acceptance: Acceptance | None = Field(
+        default=None, description="The request's examples and tests, run first in a sandbox of their own."
+    )
+
+    @model_serializer(mode="wrap")
+    def _compatible(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Without ``acceptance`` when there is none, so that workers from before it still decode the input."""
+        return _without_none(handler(self), "acceptance")
 
 
 class TestReport(_Model):
@@ -125,6 +385,14 @@ class TestReport(_Model):
         description="Why the result cannot be trusted (a report missing, unreadable or contradicting pytest's exit "
         "status; a mutation score that could not be measured). Any problem fails the test policy.",
     )
+    acceptance: AcceptanceReport | None = Field(
+        default=None, description="The request's acceptance checks, when it carried any."
+    )
+
+    @model_serializer(mode="wrap")
+    def _compatible(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Without ``acceptance`` when there is none, so that workflows from before it still decode the report."""
+        return _without_none(handler(self), "acceptance")
 
 
 # --- QSecure: security scanning -----------------------------------------------------------------------------------

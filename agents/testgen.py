@@ -4,23 +4,18 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import json
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from xml.etree import ElementTree
 
-from defusedxml import ElementTree as DefusedET
-from defusedxml.common import DefusedXmlException
 from prometheus_client import Counter, Histogram
 from temporalio import activity
 
+from agents.acceptance import run_acceptance
 from agents.codegen import MODEL_PROVIDER, OFFLINE_PROVIDER, FilesReply, checked_files, remove_dir
-from agents.library import PatternLibrary
 from agents.errors import INVALID_REQUEST, UNSAFE_ARTIFACT, failure
+from agents.library import PatternLibrary
 from agents.models import (
     CleanupResult,
     ExecuteTestsInput,
@@ -30,16 +25,9 @@ from agents.models import (
     TestReport,
 )
 from agents.mutation import mutants
+from agents.pytest_runs import Reports, prepare_scratch, pytest_argv, read_reports, sandbox_env
 from agents.sandbox import Sandbox, SandboxResult
-from agents.workspace import (
-    UntrustedFile,
-    Workspaces,
-    copy_files,
-    file_record,
-    files_under,
-    read_untrusted,
-    safe_join,
-)
+from agents.workspace import Workspaces, file_record, files_under, safe_join
 
 if TYPE_CHECKING:
     from agents.llm import LLMGateway
@@ -52,9 +40,6 @@ TEST_SYSTEM_PROMPT = (
 TEST_RUNS = Counter("quantum_agent_test_runs_total", "Sandboxed test runs by outcome", ["outcome"])
 TEST_SECONDS = Histogram("quantum_agent_test_run_seconds", "Wall-clock time of a sandboxed test run")
 
-PYTEST_INI = "[pytest]\naddopts = -p no:cacheprovider\n"
-MAX_JUNIT_BYTES = 4 * 1024 * 1024
-MAX_COVERAGE_BYTES = 8 * 1024 * 1024
 MAX_PROBLEMS = 10
 MAX_PROBLEM_CHARS = 500
 MUTANT_MIN_SECONDS = 20.0
@@ -121,7 +106,9 @@ class TestgenAgent:
 
     @activity.defn(name="testgen.execute_tests")
     async def execute_tests(self, inp: ExecuteTestsInput) -> TestReport:
-        """Run the tests under pytest + coverage in the sandbox; report counts, coverage and the JUnit file.
+        """Run the request's acceptance checks, if any, then the tests under pytest + coverage in the sandbox; report
+        counts, coverage, the JUnit file and the acceptance verdict. Mutation testing is skipped when acceptance
+        failed: the code is wrong whatever its tests catch.
 
         The sandbox gets a fresh scratch copy of the run's code and tests, never the run's own files. What the code
         under test leaves there is hostile: the JUnit and coverage reports are read without following links, with a
@@ -132,6 +119,16 @@ class TestgenAgent:
         root = self.workspaces.claim(inp.run_id)
         if not files_under(root / "tests"):
             raise failure(INVALID_REQUEST, f"no tests to run for {inp.run_id}")
+        acceptance = None
+        if inp.acceptance is not None:
+            acceptance = await run_acceptance(
+                self.workspaces,
+                self.sandbox,
+                run_id=inp.run_id,
+                module=inp.module,
+                acceptance=inp.acceptance,
+                timeout=inp.timeout_seconds,
+            )
         started = time.monotonic()
         with self.workspaces.scratch(inp.run_id) as scratch:
             await asyncio.to_thread(self._prepare, root, scratch)
@@ -142,37 +139,27 @@ class TestgenAgent:
                 env=self._env(scratch),
             )
             duration = time.monotonic() - started
-            reports = await asyncio.to_thread(_read_reports, scratch)
+            reports = await asyncio.to_thread(read_reports, scratch)
         TEST_SECONDS.observe(duration)
         report = await asyncio.to_thread(self._verdict, root, inp, result, reports, duration)
+        report = report.model_copy(update={"acceptance": acceptance})
         TEST_RUNS.labels(_outcome(report)).inc()
-        if report.passed and not report.problems and not report.failed and not report.errors and inp.mutants:
+        green = report.passed and not report.problems and not report.failed and not report.errors
+        if green and (acceptance is None or acceptance.ok) and inp.mutants:
             report = await self._mutation_test(root, inp, report)
         return report
 
     def _prepare(self, root: Path, scratch: Path) -> None:
         """Fill a fresh scratch directory with copies of the run's code and tests (links never copied)."""
-        copy_files(root / "src", scratch / "src")
-        copy_files(root / "tests", scratch / "tests")
-        (scratch / "pytest.ini").write_text(PYTEST_INI)
-        (scratch / "reports").mkdir()
+        prepare_scratch(root, scratch, "tests")
 
     def _env(self, scratch: Path) -> dict[str, str]:
-        inside = self.sandbox.workdir(scratch)
-        return {"PYTHONPATH": f"{inside}/src", "COVERAGE_FILE": f"{inside}/reports/.coverage"}
+        return sandbox_env(self.sandbox, scratch)
 
     def _pytest_argv(self, scratch: Path, module: str, *, coverage: bool = True) -> list[str]:
-        inside = self.sandbox.workdir(scratch)
-        argv = [sys.executable, "-m", "pytest", "-q", "-c", f"{inside}/pytest.ini", "--rootdir", inside]
         if coverage:
-            argv += [
-                f"--cov={module}",
-                f"--cov-report=json:{inside}/reports/coverage.json",
-                f"--junitxml={inside}/reports/junit.xml",
-            ]
-        else:
-            argv += ["-x", "-p", "no:cov"]
-        return [*argv, f"{inside}/tests"]
+            return pytest_argv(self.sandbox, scratch, "tests", coverage_of=module, junit=True)
+        return pytest_argv(self.sandbox, scratch, "tests", options=("-x",))
 
     def _verdict(
         self, root: Path, inp: ExecuteTestsInput, result: SandboxResult, reports: Reports, duration: float
@@ -260,75 +247,6 @@ class TestgenAgent:
 
     def activities(self) -> list[Callable[..., Any]]:
         return [self.generate_tests, self.execute_tests, self.cleanup_tests]
-
-
-@dataclass
-class Reports:
-    """What the worker could trust of the reports pytest left in a scratch directory."""
-
-    junit: dict[str, int] | None = None
-    junit_bytes: bytes = b""
-    coverage: float | None = None
-    problems: list[str] = field(default_factory=list)
-
-
-def _read_reports(scratch: Path) -> Reports:
-    """Read the JUnit and coverage reports from a scratch directory written by untrusted code."""
-    found = Reports()
-    try:
-        found.junit_bytes = read_untrusted(scratch, "reports/junit.xml", max_bytes=MAX_JUNIT_BYTES)
-        found.junit = junit_counts(found.junit_bytes)
-    except UntrustedFile as err:
-        found.problems.append(f"JUnit report: {err.reason}")
-    except ValueError as err:
-        found.problems.append(f"JUnit report: {err}")
-    try:
-        found.coverage = coverage_percent(
-            read_untrusted(scratch, "reports/coverage.json", max_bytes=MAX_COVERAGE_BYTES)
-        )
-    except UntrustedFile as err:
-        found.problems.append(f"coverage report: {err.reason}")
-    except ValueError as err:
-        found.problems.append(f"coverage report: {err}")
-    return found
-
-
-def junit_counts(data: bytes) -> dict[str, int]:
-    """Test counts from a JUnit XML report (parsed with entity expansion and external references refused)."""
-    try:
-        root = DefusedET.fromstring(data)
-    except (ElementTree.ParseError, DefusedXmlException) as err:
-        raise ValueError(f"not a JUnit XML report ({err})") from None
-    suites = [root] if root.tag == "testsuite" else root.findall("testsuite") if root.tag == "testsuites" else None
-    if not suites:
-        raise ValueError(f"not a JUnit XML report (root <{str(root.tag)[:40]}>)")
-    total = failed = errors = skipped = 0
-    try:
-        for suite in suites:
-            total += int(suite.get("tests", 0))
-            failed += int(suite.get("failures", 0))
-            errors += int(suite.get("errors", 0))
-            skipped += int(suite.get("skipped", 0))
-    except ValueError:
-        raise ValueError("its counts are not numbers") from None
-    if min(total, failed, errors, skipped) < 0 or failed + errors + skipped > total:
-        raise ValueError(f"its counts do not add up ({total} tests, {failed} failed, {errors} errors)")
-    return {"passed": total - failed - errors - skipped, "failed": failed, "errors": errors, "skipped": skipped}
-
-
-def coverage_percent(data: bytes) -> float:
-    """Line coverage from coverage.py's JSON report, refusing one that measured no file."""
-    try:
-        report = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-        raise ValueError("not JSON") from None
-    totals = report.get("totals") if isinstance(report, dict) else None
-    percent = totals.get("percent_covered") if isinstance(totals, dict) else None
-    if not isinstance(percent, (int, float)) or isinstance(percent, bool) or not 0 <= percent <= 100:
-        raise ValueError("no total percentage between 0 and 100")
-    if not isinstance(report.get("files"), dict) or not report["files"]:
-        raise ValueError("it measured no file")
-    return float(percent)
 
 
 def _outcome(report: TestReport) -> str:

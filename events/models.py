@@ -6,11 +6,23 @@ client can produce them.
 
 from __future__ import annotations
 
+import ast
 import re
 import unicodedata
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 Gate = Literal["security", "infra", "deploy"]
 GATES: tuple[str, ...] = ("security", "infra", "deploy")
@@ -31,6 +43,14 @@ MAX_GATE_CHARS = 32
 MAX_GATE_TIMEOUT_SECONDS = 30 * 24 * 60 * 60
 MAX_STREAM_BYTES = 1024**4
 RESERVED_SUBJECT_PREFIXES = ("quantum.", "$", "_INBOX.", "*.", ">.")
+MAX_EXAMPLES = 100
+MAX_EXAMPLE_ARGS = 50
+MAX_EXPR_CHARS = 2000
+MAX_DOTTED_CHARS = 200
+MAX_HTTP_PATH_CHARS = 2000
+MAX_JSON_DEPTH = 20
+MAX_ACCEPTANCE_TESTS_BYTES = 64 * 1024
+MAX_ACCEPTANCE_BYTES = 256 * 1024
 """Bounds on every field a request or a review carries into a run's state (and so into its history and queries)."""
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,39}$")]
@@ -166,6 +186,172 @@ def _check_source(source: dict[str, str]) -> dict[str, str]:
     return source
 
 
+# --- acceptance: the request is the specification -------------------------------------------------------------------
+# agents/models.py holds the same models, field for field (agents and events import nothing of each other); the
+# workflow converts one into the other, and tests/agents/test_acceptance.py holds both to one schema and one behaviour.
+
+DottedName = Annotated[
+    str,
+    StringConstraints(max_length=MAX_DOTTED_CHARS, pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"),
+]
+"""A Python name or a dotted path of names: ``slugify``, ``Stack.from_list``, ``json.JSONDecodeError``."""
+Identifier = Annotated[str, StringConstraints(max_length=100, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+def _acceptance_problem(text: str) -> PydanticCustomError:
+    """A validation error whose message is ``text`` as it is (no prefix, no template read in it)."""
+    return PydanticCustomError("acceptance", "{problem}", {"problem": text})
+
+
+def _nests_deeper_than(value: Any, limit: int) -> bool:
+    """Whether the lists and objects of ``value`` nest more than ``limit`` levels deep (counted without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = list(item.values())
+        elif isinstance(item, (list, tuple)):
+            children = list(item)
+        else:
+            continue
+        if depth >= limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+class _AsWritten(_Strict):
+    """Serialised with only the fields that were given: ``expect: null`` stays apart from no ``expect`` through
+    every round trip (an event, a workflow input, an activity input)."""
+
+    model_config = ConfigDict(serialize_by_alias=True)
+
+    @model_serializer(mode="wrap")
+    def _as_written(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        fields = type(self).model_fields
+        unset = set(fields) - self.model_fields_set
+        drop = unset | {fields[name].alias for name in unset if fields[name].alias}
+        return {key: value for key, value in data.items() if key not in drop}
+
+
+class HttpCall(_AsWritten):
+    """An HTTP request to the module's server: ``make_server(port=0, host="127.0.0.1")`` started in the sandbox."""
+
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "GET"
+    path: Annotated[str, StringConstraints(max_length=MAX_HTTP_PATH_CHARS, pattern=r"^/[!-~]*$")] = Field(
+        description="Starts with /; printable ASCII, no spaces."
+    )
+    body: JsonValue = Field(default=None, alias="json", description="JSON to send; absent sends no body.")
+
+
+class AcceptanceExample(_AsWritten):
+    """One example: a call, an expression or an HTTP request, and what it must give."""
+
+    call: DottedName | None = Field(
+        default=None, description="A function of the module under test by name or dotted path (Stack.from_list)."
+    )
+    args: list[JsonValue] = Field(default_factory=list, max_length=MAX_EXAMPLE_ARGS, description="Of the call.")
+    kwargs: dict[Identifier, JsonValue] = Field(
+        default_factory=dict, max_length=MAX_EXAMPLE_ARGS, description="Of the call."
+    )
+    expr: Annotated[str, StringConstraints(min_length=1, max_length=MAX_EXPR_CHARS)] | None = Field(
+        default=None, description="A Python expression, evaluated with the module's names in scope."
+    )
+    http: HttpCall | None = None
+    expect: JsonValue = Field(default=None, description="What the call or expression returns (JSON; null is a value).")
+    raises: DottedName | None = Field(
+        default=None, description="Instead of expect: the exception the call or expression raises (or a base of it)."
+    )
+    status: int = Field(default=200, ge=100, le=599, description="The HTTP status the request is answered with.")
+    expect_json: JsonValue = Field(
+        default=None, description="The JSON the request is answered with (null is a value); absent: not checked."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shallow(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            http = data.get("http")
+            values = [data.get(key) for key in ("args", "kwargs", "expect", "expect_json")]
+            values.append(http.get("json") if isinstance(http, dict) else None)
+            if any(_nests_deeper_than(value, MAX_JSON_DEPTH) for value in values):
+                raise _acceptance_problem(f"its JSON values nest deeper than {MAX_JSON_DEPTH} levels")
+        return data
+
+    @field_validator("expr")
+    @classmethod
+    def _parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ast.parse(value, mode="eval")
+            except SyntaxError as err:
+                where = f" at column {err.offset}" if err.offset else ""
+                raise _acceptance_problem(f"does not parse as a Python expression: {err.msg}{where}") from None
+            except ValueError as err:  # a NUL character
+                raise _acceptance_problem(f"does not parse as a Python expression: {err}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> AcceptanceExample:
+        given = self.model_fields_set
+        kinds = [kind for kind in ("call", "expr", "http") if getattr(self, kind) is not None]
+        if len(kinds) != 1:
+            raise _acceptance_problem(
+                f"give one of call, expr or http, not {' and '.join(kinds)}"
+                if kinds
+                else "give one of call, expr or http"
+            )
+        expects = "expect" in given
+        if self.http is None:
+            if expects and self.raises is not None:
+                raise _acceptance_problem("give expect or raises, not both")
+            if not expects and self.raises is None:
+                raise _acceptance_problem("give expect (what it returns) or raises (what it raises)")
+            if given & {"status", "expect_json"}:
+                raise _acceptance_problem("status and expect_json go with http examples")
+        elif expects or self.raises is not None:
+            raise _acceptance_problem("an http example checks status and expect_json, not expect or raises")
+        if self.call is None and given & {"args", "kwargs"}:
+            raise _acceptance_problem("args and kwargs go with call examples")
+        return self
+
+
+class Acceptance(_AsWritten):
+    """What the code must do, whoever wrote it: examples and pytest tests run in the sandbox before the generated
+    tests; any failure fails execute_tests."""
+
+    examples: list[AcceptanceExample] = Field(default_factory=list, max_length=MAX_EXAMPLES)
+    tests: Annotated[str, StringConstraints(max_length=MAX_ACCEPTANCE_TESTS_BYTES)] | None = Field(
+        default=None, description="pytest text, run as acceptance/test_request.py (fixture `module`: the code)."
+    )
+
+    @field_validator("tests")
+    @classmethod
+    def _tests_parse(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        size = len(value.encode(errors="surrogatepass"))
+        if size > MAX_ACCEPTANCE_TESTS_BYTES:
+            raise _acceptance_problem(f"is {size} bytes long, over the {MAX_ACCEPTANCE_TESTS_BYTES} byte limit")
+        try:
+            ast.parse(value, filename="test_request.py")
+        except SyntaxError as err:
+            raise _acceptance_problem(f"does not parse as Python: line {err.lineno}: {err.msg}") from None
+        except ValueError as err:  # a NUL character
+            raise _acceptance_problem(f"does not parse as Python: {err}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Acceptance:
+        if not self.examples and not self.tests:
+            raise _acceptance_problem("give examples, tests or both")
+        size = len(self.model_dump_json().encode(errors="surrogatepass"))
+        if size > MAX_ACCEPTANCE_BYTES:
+            raise _acceptance_problem(f"is {size} bytes as JSON, over the {MAX_ACCEPTANCE_BYTES} byte limit")
+        return self
+
+
 class PipelineRequest(_Strict):
     """The data of ``quantum.pipeline.requested`` and the input of ``DevSecOpsPipelineWorkflow``."""
 
@@ -178,8 +364,21 @@ class PipelineRequest(_Strict):
     approval_policy: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
     test_policy: TestPolicy = Field(default_factory=TestPolicy)
     source: dict[str, str] = Field(default_factory=dict, description="Files to start from: path -> content.")
+    acceptance: Acceptance | None = Field(
+        default=None,
+        description="The request is the specification: examples (calls, expressions, HTTP requests with what they "
+        "must give) and pytest tests that the code must pass, run in the sandbox before the generated tests.",
+    )
 
     _source = field_validator("source")(_check_source)
+
+    @model_serializer(mode="wrap")
+    def _compatible(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Without ``acceptance`` when there is none, so that bridges and workers from before it still decode it."""
+        data: dict[str, Any] = handler(self)
+        if self.acceptance is None:
+            data.pop("acceptance", None)
+        return data
 
     @field_validator("infrastructure")
     @classmethod

@@ -66,6 +66,8 @@ class Settings(BaseSettings):
 
     llm_timeout_seconds: float = Field(default=120.0, gt=0)
     llm_embedding_model: str = ""
+    llm_prompt_price_per_1k: float = Field(default=0.0, ge=0, description="Price of 1000 prompt tokens, for costs.")
+    llm_completion_price_per_1k: float = Field(default=0.0, ge=0, description="Price of 1000 completion tokens.")
 
     metrics_port: int = DEFAULT_METRICS_PORT
 
@@ -83,6 +85,8 @@ class Settings(BaseSettings):
             api_key=key,
             timeout_seconds=self.llm_timeout_seconds,
             embedding_model=self.llm_embedding_model or None,
+            prompt_price_per_1k=self.llm_prompt_price_per_1k,
+            completion_price_per_1k=self.llm_completion_price_per_1k,
         )
 
     def stream_limits(self) -> StreamLimits:

@@ -13,9 +13,10 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from agents.codegen import CodegenAgent, PatternLibrary
+from agents.codegen import CodegenAgent
 from agents.deploy import DeployAgent
 from agents.infra import InfraAgent
+from agents.library import PatternLibrary
 from agents.llm import LLMGateway
 from agents.patterns import COLLECTION, HashingEmbedder, PatternStore, open_client
 from agents.sandbox import Sandbox

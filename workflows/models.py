@@ -58,6 +58,19 @@ class AuditEntry(BaseModel):
     reason: str = ""
 
 
+class AttemptRecord(BaseModel):
+    """One attempt of the generate, test and repair loop: who wrote the code, how it ended, what it cost."""
+
+    attempt: int
+    provider: str
+    model: str | None = None
+    outcome: Literal["passed", "failed"]
+    error: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+
+
 class RunStatusView(BaseModel):
     """What the ``status`` query returns (a contract: plain JSON, field names fixed)."""
 
@@ -76,6 +89,9 @@ class RunStatusView(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     outputs: dict[str, str | int | float | bool | None] = Field(
         default_factory=dict, description="Headline results: provider, coverage, findings, deployment URL..."
+    )
+    attempts: list[AttemptRecord] = Field(
+        default_factory=list, description="Each attempt of the generate, test and repair loop (at most 10)."
     )
 
 

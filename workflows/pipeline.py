@@ -11,6 +11,8 @@ from temporalio.exceptions import FailureError, is_cancelled_exception
 with workflow.unsafe.imports_passed_through():
     from agents.deploy import DeployAgent
     from agents.models import (
+        Acceptance,
+        AcceptanceReport,
         DeployInput,
         Deployment,
         ExecuteTestsInput,
@@ -117,11 +119,15 @@ class DevSecOpsPipelineWorkflow:
         self._run.view.outputs["tests_generated"] = tests.test_count
 
     async def _execute_tests(self, code: GeneratedCode, request: PipelineRequest) -> None:
+        acceptance = None
+        if request.acceptance is not None:  # the same model on the agents' side of the layers
+            acceptance = Acceptance.model_validate(request.acceptance.model_dump(mode="json"))
         inp = ExecuteTestsInput(
             run_id=code.run_id,
             module=code.module,
             mutants=request.test_policy.mutants,
             min_mutation_score=request.test_policy.min_mutation_score,
+            acceptance=acceptance,
         )
         report = await workflow.execute_activity_method(TestgenAgent.execute_tests, inp, **presets.stage(presets.TOOL))
         self._run.view.outputs.update(
@@ -130,6 +136,8 @@ class DevSecOpsPipelineWorkflow:
             coverage=round(report.coverage, 1),
             isolation=report.isolation,
         )
+        if report.acceptance is not None:
+            self._check_acceptance(report.acceptance)
         if report.problems:
             raise self._run.fail_stage("execute_tests", "the results cannot be trusted: " + "; ".join(report.problems))
         if report.timed_out:
@@ -152,6 +160,23 @@ class DevSecOpsPipelineWorkflow:
                     f"the tests caught {report.mutants_killed} of {report.mutants_total} mutants ({score:.0%}), "
                     f"below the policy's {required:.0%}; not caught: {'; '.join(report.surviving_mutants)}",
                 )
+
+    def _check_acceptance(self, report: AcceptanceReport) -> None:
+        """The request is the specification: any acceptance failure fails the stage, naming the first examples."""
+        self._run.view.outputs.update(acceptance_passed=report.passed, acceptance_total=report.total)
+        if report.problems:
+            raise self._run.fail_stage(
+                "execute_tests", "the acceptance results cannot be trusted: " + "; ".join(report.problems)
+            )
+        if report.timed_out:
+            raise self._run.fail_stage("execute_tests", "the acceptance checks did not finish within their time limit")
+        if report.failed:
+            first = report.failures[:3]
+            more = f"; and {report.failed - len(first)} more" if report.failed > len(first) else ""
+            raise self._run.fail_stage(
+                "execute_tests",
+                f"{report.failed} of {report.total} acceptance checks failed: {'; '.join(first)}{more}",
+            )
 
     async def _security_scan(self, ref: RunRef) -> None:
         report = await workflow.execute_activity_method(

@@ -57,12 +57,21 @@ REVIEW_RULES_PATCH = "review-rules-normalised"
 
 
 class RunStopped(Exception):
-    """Raised inside a workflow to end the run: compensate, then close with ``status``."""
+    """Raised inside a workflow to end the run: compensate, then close with ``status``.
 
-    def __init__(self, status: RunStatus, message: str) -> None:
+    ``repairable``: the generated code failed a check (its tests, the request's acceptance checks, the policy's
+    coverage or mutation score) that a model may fix in another attempt.
+    """
+
+    def __init__(self, status: RunStatus, message: str, *, repairable: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.repairable = repairable
+
+
+def _step(prefix: str, attempt: int, suffix: str) -> str:
+    return f"{prefix}.{suffix}" if attempt == 1 else f"{prefix}.attempt-{attempt}.{suffix}"
 
 
 def failure_message(err: BaseException) -> str:
@@ -123,8 +132,12 @@ class Run:
 
     # --- stages ------------------------------------------------------------------------------------------------
 
-    async def stage(self, name: str, step: Callable[[], Awaitable[T]]) -> T:
-        """Run one stage, keeping its state in the view; an activity failure stops the run as ``failed``."""
+    async def stage(self, name: str, step: Callable[[], Awaitable[T]], *, attempt: int = 1) -> T:
+        """Run one stage, keeping its state in the view; an activity failure stops the run as ``failed``.
+
+        ``attempt`` above 1 is a stage run again by the repair loop: its events get steps of their own, so each
+        attempt is announced once.
+        """
         self.started(name)
         try:
             result = await step()
@@ -132,45 +145,45 @@ class Run:
             self.view.stages[name] = "cancelled"
             raise
         except RunStopped as stopped:
-            await self.failed(name, stopped.message)
+            await self.failed(name, stopped.message, attempt=attempt)
             raise
         except FailureError as err:
             if is_cancelled_exception(err):
                 self.view.stages[name] = "cancelled"
                 raise asyncio.CancelledError(str(err)) from err
             failed = RunStopped("failed", f"{name} failed: {failure_message(err)}")
-            await self.failed(name, failed.message)
+            await self.failed(name, failed.message, attempt=attempt)
             raise failed from err
-        await self.succeeded(name)
+        await self.succeeded(name, attempt=attempt)
         return result
 
     def started(self, name: str) -> None:
         self.view.stage = name
         self.view.stages[name] = "running"
 
-    async def succeeded(self, name: str) -> None:
+    async def succeeded(self, name: str, *, attempt: int = 1) -> None:
         self.view.stages[name] = "succeeded"
         await self.announce(
             "quantum.stage.completed",
-            f"stage.{name}.completed",
+            _step(f"stage.{name}", attempt, "completed"),
             StageCompleted(pipeline_id=self.view.pipeline_id, stage=name),
         )
 
-    async def failed(self, name: str, error: str) -> None:
+    async def failed(self, name: str, error: str, *, attempt: int = 1) -> None:
         self.view.stages[name] = "failed"
         await self.announce(
             "quantum.stage.failed",
-            f"stage.{name}.failed",
+            _step(f"stage.{name}", attempt, "failed"),
             StageFailed(pipeline_id=self.view.pipeline_id, stage=name, error=error),
         )
 
     def skip(self, name: str) -> None:
         self.view.stages[name] = "skipped"
 
-    def fail_stage(self, name: str, message: str) -> RunStopped:
+    def fail_stage(self, name: str, message: str, *, repairable: bool = False) -> RunStopped:
         """Mark ``name`` failed by a policy check and return the exception that stops the run."""
         self.view.stages[name] = "failed"
-        return RunStopped("failed", clip(f"{name} failed: {message}", MAX_ERROR_CHARS))
+        return RunStopped("failed", clip(f"{name} failed: {message}", MAX_ERROR_CHARS), repairable=repairable)
 
     # --- compensations -----------------------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from temporalio import activity
 
 from agents import provenance
 from agents.errors import INVALID_REQUEST, NO_PATTERN_MATCH, UNSAFE_ARTIFACT, failure
-from agents.library import Pattern, PatternLibrary, Verdict
+from agents.library import Pattern, PatternLibrary, Verdict, words
 from agents.models import (
     CleanupResult,
     CodeValidation,
@@ -31,6 +31,8 @@ from agents.models import (
     GenerateCodeInput,
     GeneratedCode,
     ModelUsage,
+    Remembered,
+    RememberInput,
     RunRef,
 )
 from agents.workspace import (
@@ -56,6 +58,8 @@ CODE_SYSTEM_PROMPT = (
 OFFLINE_PROVIDER = "offline-patterns"
 TOP_K = 3
 MAX_PREVIOUS_BYTES = 32 * 1024
+MAX_REMEMBERED_PROMPT_CHARS = 500
+MAX_REMEMBERED_KEYWORDS = 20
 
 GENERATIONS = Counter(
     "quantum_agent_code_generations_total", "Code generations by provider and pattern", ["provider", "pattern"]
@@ -346,8 +350,49 @@ class CodegenAgent:
             removed.removed.append(str(statement))
         return removed
 
+    @activity.defn(name="codegen.remember_generation")
+    async def remember_generation(self, inp: RememberInput) -> Remembered:
+        """Keep a model's successful module and tests in the pattern store, so that later requests close to this
+        one get them as context. Named after the run, so doing it again changes nothing."""
+        if self.store is None:
+            return Remembered(reason="no pattern store is configured")
+        code, tests = await asyncio.to_thread(self._generation, inp)
+        if not code:
+            return Remembered(reason=f"{inp.module}.py is not in the workspace")
+        name = "generated-" + hashlib.sha256(inp.run_id.encode()).hexdigest()[:24]
+        learned = Pattern(
+            name=name,
+            description=" ".join(inp.prompt.split())[:MAX_REMEMBERED_PROMPT_CHARS],
+            keywords=tuple(sorted(words(inp.prompt)))[:MAX_REMEMBERED_KEYWORDS],
+            module_template=code,
+            tests_template=tests,
+        )
+        await self.store.add([learned], origin="generated")
+        return Remembered(name=name)
+
+    def _generation(self, inp: RememberInput) -> tuple[str, str]:
+        root = self.workspaces.for_run(inp.run_id)
+        try:
+            code = read_untrusted(root, f"src/{inp.module}.py", max_bytes=MAX_PREVIOUS_BYTES)
+        except UntrustedFile:
+            return "", ""
+        tests = []
+        for path in files_under(root / "tests"):
+            try:
+                rel = path.relative_to(root).as_posix()
+                tests.append(read_untrusted(root, rel, max_bytes=MAX_PREVIOUS_BYTES).decode(errors="replace"))
+            except UntrustedFile:
+                continue
+        return code.decode(errors="replace"), "\n\n".join(tests)[:MAX_PREVIOUS_BYTES]
+
     def activities(self) -> list[Callable[..., Any]]:
-        return [self.generate_code, self.validate_code, self.fingerprint_code, self.cleanup_code]
+        return [
+            self.generate_code,
+            self.validate_code,
+            self.fingerprint_code,
+            self.cleanup_code,
+            self.remember_generation,
+        ]
 
 
 def remove_dir(path: Path) -> CleanupResult:

@@ -84,6 +84,20 @@ class ModelUsage(_Model):
         return self.prompt_tokens + self.completion_tokens
 
 
+class RememberInput(_Model):
+    """A generation that passed its tests, the request's acceptance checks and the pipeline, to keep as context."""
+
+    run_id: str
+    project: str
+    prompt: str
+    module: str
+
+
+class Remembered(_Model):
+    name: str | None = None
+    reason: str = ""
+
+
 class ArtifactFile(_Model):
     path: str = Field(description="Relative to the run's workspace.")
     sha256: str

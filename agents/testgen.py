@@ -15,19 +15,21 @@ from temporalio import activity
 from agents.acceptance import run_acceptance
 from agents.codegen import MODEL_PROVIDER, OFFLINE_PROVIDER, FilesReply, checked_files, remove_dir
 from agents.errors import INVALID_REQUEST, UNSAFE_ARTIFACT, failure
+from agents.interface import MAX_INTERFACE_CHARS, public_interface
 from agents.library import PatternLibrary
 from agents.models import (
     CleanupResult,
     ExecuteTestsInput,
     GeneratedTests,
     GenerateTestsInput,
+    ModelUsage,
     RunRef,
     TestReport,
 )
 from agents.mutation import mutants
 from agents.pytest_runs import Reports, prepare_scratch, pytest_argv, read_reports, sandbox_env
 from agents.sandbox import Sandbox, SandboxResult
-from agents.workspace import Workspaces, file_record, files_under, safe_join
+from agents.workspace import Workspaces, file_record, files_under, remove_tree, safe_join
 
 if TYPE_CHECKING:
     from agents.llm import LLMGateway
@@ -60,9 +62,14 @@ class TestgenAgent:
 
     @activity.defn(name="testgen.generate_tests")
     async def generate_tests(self, inp: GenerateTestsInput) -> GeneratedTests:
-        """Write tests for the run's code: from the model when one is configured, else the pattern's own tests."""
+        """Write tests for the run's code: from the model when one is configured, else the pattern's own tests.
+
+        The tests directory starts empty each time, so a retry or a repair attempt leaves no test of an earlier one.
+        """
+        usage = ModelUsage()
         if self.llm is not None:
-            files, provider = await self._ask_model(inp), MODEL_PROVIDER
+            files, usage = await self._ask_model(inp)
+            provider = MODEL_PROVIDER
         else:
             if inp.pattern is None:
                 raise failure(INVALID_REQUEST, "the offline provider writes tests only for code from a pattern")
@@ -71,7 +78,8 @@ class TestgenAgent:
             files, provider = {f"test_{inp.module}.py": text}, OFFLINE_PROVIDER
         self.workspaces.claim(inp.run_id)
         tests_dir = self.workspaces.tests(inp.run_id)
-        tests_dir.mkdir(parents=True, exist_ok=True)
+        remove_tree(tests_dir)
+        tests_dir.mkdir(parents=True)
         records, count = [], 0
         for rel, text in sorted(files.items()):
             path = safe_join(tests_dir, rel)
@@ -87,22 +95,43 @@ class TestgenAgent:
                 for node in ast.walk(tree)
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test")
             )
-        return GeneratedTests(run_id=inp.run_id, files=records, provider=provider, test_count=count)
+        return GeneratedTests(run_id=inp.run_id, files=records, provider=provider, test_count=count, usage=usage)
 
-    async def _ask_model(self, inp: GenerateTestsInput) -> dict[str, str]:
+    async def _ask_model(self, inp: GenerateTestsInput) -> tuple[dict[str, str], ModelUsage]:
+        """Ask the model for tests written from the request and the module's public interface only, so that the
+        tests check what was asked for and do not copy the implementation's bugs."""
         assert self.llm is not None
-        src = self.workspaces.src(inp.run_id)
-        code = "\n\n".join(f"# file {p.relative_to(src)}\n{p.read_text()}" for p in files_under(src))
+        interface = await asyncio.to_thread(self._interface, inp)
         user = (
-            f"The request was: {inp.prompt}\n\nWrite pytest tests for the module `{inp.module}` below. Test its "
-            "behaviour precisely (they must fail if the code is broken), cover every branch, no network. "
-            f"Name the files test_*.py.\n\n```python\n{code[:12000]}\n```"
+            f"The request was: {inp.prompt}\n\nWrite pytest tests for the module `{inp.module}`, whose public "
+            "interface is below (the implementation is not shown on purpose: test what the request asks for). "
+            "Test behaviour precisely, so that the tests fail if the code is wrong, including edge cases and "
+            f"errors the request names; no network, no sleeps. Import from `{inp.module}`. Name the files "
+            f"test_*.py.\n\n```python\n{interface}\n```"
         )
-        completion = await self.llm.complete_json(system=TEST_SYSTEM_PROMPT, user=user, schema=FilesReply)
+        if inp.feedback:
+            user += (
+                f"\n\nThis is attempt {inp.attempt}. The previous code and tests failed:\n{inp.feedback}\n"
+                "If a test was wrong about what the request asks, correct it; never weaken a test to match code."
+            )
+        completion = await self.llm.complete_json(
+            system=TEST_SYSTEM_PROMPT, user=user, schema=FilesReply, max_tokens=inp.max_tokens
+        )
         files = checked_files(completion.value)
         if not all(Path(rel).name.startswith("test_") for rel in files):
             raise failure(INVALID_REQUEST, f"the model named test files {sorted(files)}; they must be test_*.py")
-        return files
+        usage = ModelUsage(
+            prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens, cost=completion.cost
+        )
+        return files, usage
+
+    def _interface(self, inp: GenerateTestsInput) -> str:
+        src = self.workspaces.src(inp.run_id)
+        parts = []
+        for path in files_under(src):
+            text = public_interface(path.read_text(errors="replace"))
+            parts.append(f"# file {path.relative_to(src).as_posix()}\n{text}")
+        return "\n\n".join(parts)[:MAX_INTERFACE_CHARS]
 
     @activity.defn(name="testgen.execute_tests")
     async def execute_tests(self, inp: ExecuteTestsInput) -> TestReport:

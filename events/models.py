@@ -35,6 +35,9 @@ MAX_SOURCE_BYTES = 512 * 1024
 MAX_SOURCE_PATH_CHARS = 200
 MAX_PATH_PART_CHARS = 100
 MAX_RESOURCES = 20
+DEFAULT_MAX_ATTEMPTS = 3
+MAX_ATTEMPTS = 10
+MAX_TOKENS = 10_000_000
 MAX_SUBJECTS = 10
 MAX_REVIEWERS = 50
 MAX_NAME_CHARS = 100
@@ -369,15 +372,34 @@ class PipelineRequest(_Strict):
         description="The request is the specification: examples (calls, expressions, HTTP requests with what they "
         "must give) and pytest tests that the code must pass, run in the sandbox before the generated tests.",
     )
+    max_attempts: int = Field(
+        default=DEFAULT_MAX_ATTEMPTS,
+        ge=1,
+        le=MAX_ATTEMPTS,
+        description="With a model: how many times code and tests are written, tried and repaired before the "
+        "stage fails. The offline provider writes once.",
+    )
+    max_tokens: int | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_TOKENS,
+        description="With a model: the most tokens (prompt and completion) the run may use; reaching it fails the "
+        "stage with that reason.",
+    )
 
     _source = field_validator("source")(_check_source)
 
     @model_serializer(mode="wrap")
     def _compatible(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Without ``acceptance`` when there is none, so that bridges and workers from before it still decode it."""
+        """Without the fields added later when they hold their defaults, so that bridges and workers from before
+        them still decode the request."""
         data: dict[str, Any] = handler(self)
         if self.acceptance is None:
             data.pop("acceptance", None)
+        if self.max_attempts == DEFAULT_MAX_ATTEMPTS:
+            data.pop("max_attempts", None)
+        if self.max_tokens is None:
+            data.pop("max_tokens", None)
         return data
 
     @field_validator("infrastructure")

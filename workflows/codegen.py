@@ -17,17 +17,18 @@ with workflow.unsafe.imports_passed_through():
     from workflows.saga import Run
 
 
-async def generate(run: Run, inp: GenerateCodeInput) -> GeneratedCode:
-    """Generate code, after registering ``cleanup_code``.
+async def generate(run: Run, inp: GenerateCodeInput, *, compensate: bool = True) -> GeneratedCode:
+    """Generate code, after registering ``cleanup_code`` (once per run: ``compensate`` is False on a repair).
 
     The compensation is pushed before the step because writing files can half-apply; cleaning up a run that wrote
     nothing is a no-op.
     """
     ref = RunRef(run_id=inp.run_id)
-    run.on_failure(
-        "cleanup_code",
-        lambda: workflow.execute_activity_method(CodegenAgent.cleanup_code, ref, **presets.COMPENSATION),
-    )
+    if compensate:
+        run.on_failure(
+            "cleanup_code",
+            lambda: workflow.execute_activity_method(CodegenAgent.cleanup_code, ref, **presets.COMPENSATION),
+        )
     code: GeneratedCode = await workflow.execute_activity_method(
         CodegenAgent.generate_code, inp, **presets.stage(presets.QUICK)
     )

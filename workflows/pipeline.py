@@ -11,23 +11,17 @@ from temporalio.exceptions import FailureError, is_cancelled_exception
 with workflow.unsafe.imports_passed_through():
     from agents.deploy import DeployAgent
     from agents.models import (
-        Acceptance,
-        AcceptanceReport,
         DeployInput,
         Deployment,
-        ExecuteTestsInput,
-        GenerateCodeInput,
-        GeneratedCode,
-        GenerateTestsInput,
         MonitoringInput,
         RunRef,
         ScanInput,
     )
     from agents.security import SecurityAgent
     from agents.sre import SREAgent
-    from agents.testgen import TestgenAgent
     from events.models import PipelineRequest, ReviewDecision
-    from workflows import codegen, infra, presets
+    from workflows import infra, presets
+    from workflows.build import Build, remember
     from workflows.models import PIPELINE_STAGES, PipelineResult, RunStatusView
     from workflows.saga import Run, failure_message
 
@@ -72,9 +66,7 @@ class DevSecOpsPipelineWorkflow:
         run_id = workflow.info().workflow_id
         ref = RunRef(run_id=run_id)
 
-        code = await run.stage("generate_code", lambda: self._generate_code(run_id, request))
-        await run.stage("generate_tests", lambda: self._generate_tests(ref, code, request))
-        await run.stage("execute_tests", lambda: self._execute_tests(code, request))
+        code = await Build(run, request, run_id).build()
         await run.stage("security_scan", lambda: self._security_scan(ref))
 
         if request.infrastructure:
@@ -92,91 +84,10 @@ class DevSecOpsPipelineWorkflow:
         deployment = await run.stage("deploy_application", lambda: self._deploy(ref, request, release))
         await run.stage("verify_deployment", lambda: self._verify(deployment))
         await self._setup_monitoring(ref, request, deployment)
+        await remember(run, code, request)
         return PipelineResult(
             pipeline_id=run_id, status="succeeded", outputs=dict(run.view.outputs), warnings=list(run.view.warnings)
         )
-
-    async def _generate_code(self, run_id: str, request: PipelineRequest) -> GeneratedCode:
-        inp = GenerateCodeInput(
-            run_id=run_id,
-            project=request.project,
-            prompt=request.prompt,
-            language=request.language,
-            source=dict(request.source),
-        )
-        code = await codegen.generate(self._run, inp)
-        await codegen.validate(self._run, run_id, stage="generate_code")
-        await codegen.fingerprint(self._run, run_id)
-        return code
-
-    async def _generate_tests(self, ref: RunRef, code: GeneratedCode, request: PipelineRequest) -> None:
-        self._run.on_failure(
-            "cleanup_tests",
-            lambda: workflow.execute_activity_method(TestgenAgent.cleanup_tests, ref, **presets.COMPENSATION),
-        )
-        inp = GenerateTestsInput(run_id=ref.run_id, module=code.module, prompt=request.prompt, pattern=code.pattern)
-        tests = await workflow.execute_activity_method(TestgenAgent.generate_tests, inp, **presets.stage(presets.QUICK))
-        self._run.view.outputs["tests_generated"] = tests.test_count
-
-    async def _execute_tests(self, code: GeneratedCode, request: PipelineRequest) -> None:
-        acceptance = None
-        if request.acceptance is not None:  # the same model on the agents' side of the layers
-            acceptance = Acceptance.model_validate(request.acceptance.model_dump(mode="json"))
-        inp = ExecuteTestsInput(
-            run_id=code.run_id,
-            module=code.module,
-            mutants=request.test_policy.mutants,
-            min_mutation_score=request.test_policy.min_mutation_score,
-            acceptance=acceptance,
-        )
-        report = await workflow.execute_activity_method(TestgenAgent.execute_tests, inp, **presets.stage(presets.TOOL))
-        self._run.view.outputs.update(
-            tests_passed=report.passed,
-            tests_failed=report.failed + report.errors,
-            coverage=round(report.coverage, 1),
-            isolation=report.isolation,
-        )
-        if report.acceptance is not None:
-            self._check_acceptance(report.acceptance)
-        if report.problems:
-            raise self._run.fail_stage("execute_tests", "the results cannot be trusted: " + "; ".join(report.problems))
-        if report.timed_out:
-            raise self._run.fail_stage("execute_tests", "the tests did not finish within their time limit")
-        if report.failed or report.errors:
-            raise self._run.fail_stage("execute_tests", f"{report.failed} tests failed and {report.errors} errored")
-        if report.passed == 0:
-            raise self._run.fail_stage("execute_tests", "no test ran")
-        minimum = request.test_policy.min_coverage
-        if report.coverage < minimum:
-            raise self._run.fail_stage(
-                "execute_tests", f"line coverage {report.coverage:.1f}% is below the policy's {minimum:g}%"
-            )
-        score, required = report.mutation_score, request.test_policy.min_mutation_score
-        if score is not None:
-            self._run.view.outputs["mutation_score"] = score
-            if score < required:
-                raise self._run.fail_stage(
-                    "execute_tests",
-                    f"the tests caught {report.mutants_killed} of {report.mutants_total} mutants ({score:.0%}), "
-                    f"below the policy's {required:.0%}; not caught: {'; '.join(report.surviving_mutants)}",
-                )
-
-    def _check_acceptance(self, report: AcceptanceReport) -> None:
-        """The request is the specification: any acceptance failure fails the stage, naming the first examples."""
-        self._run.view.outputs.update(acceptance_passed=report.passed, acceptance_total=report.total)
-        if report.problems:
-            raise self._run.fail_stage(
-                "execute_tests", "the acceptance results cannot be trusted: " + "; ".join(report.problems)
-            )
-        if report.timed_out:
-            raise self._run.fail_stage("execute_tests", "the acceptance checks did not finish within their time limit")
-        if report.failed:
-            first = report.failures[:3]
-            more = f"; and {report.failed - len(first)} more" if report.failed > len(first) else ""
-            raise self._run.fail_stage(
-                "execute_tests",
-                f"{report.failed} of {report.total} acceptance checks failed: {'; '.join(first)}{more}",
-            )
 
     async def _security_scan(self, ref: RunRef) -> None:
         report = await workflow.execute_activity_method(

@@ -37,6 +37,7 @@ async def test_a_failing_acceptance_example_fails_execute_tests_and_compensates(
         "example 1: slugify('Hello World') returned 'hello-world', expected 'hello_world'"
     )
     assert (view.outputs["acceptance_passed"], view.outputs["acceptance_total"]) == (1, 2)
+    assert [(a.provider, a.outcome) for a in view.attempts] == [("offline-patterns", "failed")]  # no repair offline
     assert view.outputs["tests_passed"] > 0  # the generated tests ran too, and passed: acceptance decides
     assert "mutation_score" not in view.outputs
     assert [(c.step, c.outcome) for c in view.compensations] == [

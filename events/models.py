@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 import re
 import unicodedata
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -355,18 +355,16 @@ class Acceptance(_AsWritten):
         return self
 
 
-class PipelineRequest(_Strict):
-    """The data of ``quantum.pipeline.requested`` and the input of ``DevSecOpsPipelineWorkflow``."""
+class _Build(_Strict):
+    """What a request for code says about building it: its source, its acceptance checks, the test policy and,
+    with a model, how many attempts and tokens the build may take."""
 
     project: Name
     prompt: Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=8000)]
     requested_by: Person
-    environment: Environment = "dev"
     language: Literal["python"] = "python"
-    infrastructure: list[InfraResource] | None = Field(default=None, max_length=MAX_RESOURCES)
-    approval_policy: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
-    test_policy: TestPolicy = Field(default_factory=TestPolicy)
     source: dict[str, str] = Field(default_factory=dict, description="Files to start from: path -> content.")
+    test_policy: TestPolicy = Field(default_factory=TestPolicy)
     acceptance: Acceptance | None = Field(
         default=None,
         description="The request is the specification: examples (calls, expressions, HTTP requests with what they "
@@ -389,18 +387,26 @@ class PipelineRequest(_Strict):
 
     _source = field_validator("source")(_check_source)
 
+    _ADDED_LATER: ClassVar[tuple[str, ...]] = ("acceptance", "max_attempts", "max_tokens")
+
     @model_serializer(mode="wrap")
     def _compatible(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         """Without the fields added later when they hold their defaults, so that bridges and workers from before
         them still decode the request."""
         data: dict[str, Any] = handler(self)
-        if self.acceptance is None:
-            data.pop("acceptance", None)
-        if self.max_attempts == DEFAULT_MAX_ATTEMPTS:
-            data.pop("max_attempts", None)
-        if self.max_tokens is None:
-            data.pop("max_tokens", None)
+        for name in self._ADDED_LATER:
+            field = type(self).model_fields[name]
+            if getattr(self, name) == field.get_default(call_default_factory=True):
+                data.pop(name, None)
         return data
+
+
+class PipelineRequest(_Build):
+    """The data of ``quantum.pipeline.requested`` and the input of ``DevSecOpsPipelineWorkflow``."""
+
+    environment: Environment = "dev"
+    infrastructure: list[InfraResource] | None = Field(default=None, max_length=MAX_RESOURCES)
+    approval_policy: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
 
     @field_validator("infrastructure")
     @classmethod
@@ -414,16 +420,22 @@ class PipelineRequest(_Strict):
         return value
 
 
-class CodeRequest(_Strict):
-    """The data of ``quantum.code.requested`` and the input of ``CodeGenerationWorkflow``."""
+class CodeRequest(_Build):
+    """The data of ``quantum.code.requested`` and the input of ``CodeGenerationWorkflow``.
 
-    project: Name
-    prompt: Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=8000)]
-    requested_by: Person
-    language: Literal["python"] = "python"
-    source: dict[str, str] = Field(default_factory=dict)
+    With ``tested``, the code is also tested in the sandbox against the request's acceptance checks (and, with a
+    model, repaired), as in the pipeline: ``quantum eval`` builds its tasks this way.
+    """
 
-    _source = field_validator("source")(_check_source)
+    tested: bool = Field(default=False, description="Also write and run tests (and repair, with a model).")
+
+    _ADDED_LATER: ClassVar[tuple[str, ...]] = (
+        "test_policy",
+        "acceptance",
+        "max_attempts",
+        "max_tokens",
+        "tested",
+    )
 
 
 class InfraRequest(_Strict):

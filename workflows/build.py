@@ -16,11 +16,12 @@ from temporalio import workflow
 from temporalio.exceptions import FailureError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from agents.codegen import MODEL_PROVIDER, CodegenAgent
+    from agents.codegen import MODEL_PROVIDER, OFFLINE_PROVIDER, CodegenAgent
     from agents.models import (
         Acceptance,
         AcceptanceReport,
         ExecuteTestsInput,
+        Fingerprint,
         GenerateCodeInput,
         GeneratedCode,
         GenerateTestsInput,
@@ -30,8 +31,8 @@ with workflow.unsafe.imports_passed_through():
         TestReport,
     )
     from agents.testgen import TestgenAgent
-    from events.models import PipelineRequest
-    from workflows import codegen, presets
+    from events.models import CodeRequest, PipelineRequest
+    from workflows import presets
     from workflows.models import MAX_ERROR_CHARS, AttemptRecord, clip
     from workflows.saga import Run, RunStopped, failure_message
 
@@ -47,7 +48,7 @@ MAX_FEEDBACK_CHARS = 6000
 class Build:
     """One run's build: the attempts so far, what they used, and the last test report."""
 
-    def __init__(self, run: Run, request: PipelineRequest, run_id: str) -> None:
+    def __init__(self, run: Run, request: PipelineRequest | CodeRequest, run_id: str) -> None:
         self.run = run
         self.request = request
         self.run_id = run_id
@@ -97,10 +98,10 @@ class Build:
             max_tokens=self._remaining(),
             specification=self._specification(),
         )
-        code = await codegen.generate(self.run, inp, compensate=attempt == 1)
+        code = await generate(self.run, inp, compensate=attempt == 1)
         self._spend("generate_code", code.usage)
-        await codegen.validate(self.run, self.run_id, stage="generate_code")
-        await codegen.fingerprint(self.run, self.run_id)
+        await validate(self.run, self.run_id, stage="generate_code")
+        await fingerprint(self.run, self.run_id)
         return code
 
     async def _generate_tests(self, code: GeneratedCode, attempt: int, feedback: str) -> None:
@@ -291,3 +292,44 @@ async def remember(run: Run, code: GeneratedCode, request: PipelineRequest) -> N
         run.warn(f"the generation was not kept in the pattern store: {failure_message(err)}")
         return
     run.view.outputs["remembered_as"] = remembered.name
+
+
+# --- the steps of code generation, shared with CodeGenerationWorkflow ------------------------------------------
+
+
+async def generate(run: Run, inp: GenerateCodeInput, *, compensate: bool = True) -> GeneratedCode:
+    """Generate code, after registering ``cleanup_code`` (once per run: ``compensate`` is False on a repair).
+
+    The compensation is pushed before the step because writing files can half-apply; cleaning up a run that wrote
+    nothing is a no-op.
+    """
+    ref = RunRef(run_id=inp.run_id)
+    if compensate:
+        run.on_failure(
+            "cleanup_code",
+            lambda: workflow.execute_activity_method(CodegenAgent.cleanup_code, ref, **presets.COMPENSATION),
+        )
+    code: GeneratedCode = await workflow.execute_activity_method(
+        CodegenAgent.generate_code, inp, **presets.stage(presets.QUICK)
+    )
+    run.view.outputs.update(provider=code.provider, model=code.model, pattern=code.pattern, module=code.module)
+    if code.pattern is not None and code.provider == OFFLINE_PROVIDER:
+        run.view.outputs.update(pattern_score=code.pattern_score, runner_up=code.runner_up)
+    return code
+
+
+async def validate(run: Run, run_id: str, *, stage: str) -> None:
+    """Check the generated files (paths, syntax); stop the run naming every problem."""
+    result = await workflow.execute_activity_method(
+        CodegenAgent.validate_code, RunRef(run_id=run_id), **presets.stage(presets.QUICK)
+    )
+    if not result.ok:
+        raise run.fail_stage(stage, "; ".join(result.errors) or "generated code is invalid")
+
+
+async def fingerprint(run: Run, run_id: str) -> Fingerprint:
+    result: Fingerprint = await workflow.execute_activity_method(
+        CodegenAgent.fingerprint_code, RunRef(run_id=run_id), **presets.stage(presets.QUICK)
+    )
+    run.view.outputs.update(release=result.digest, files=len(result.files))
+    return result

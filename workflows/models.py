@@ -22,6 +22,7 @@ PIPELINE_STAGES: tuple[str, ...] = (
     "setup_monitoring",
 )
 CODEGEN_STAGES: tuple[str, ...] = ("validate_request", "generate_code", "validate_code", "fingerprint")
+TESTED_CODEGEN_STAGES: tuple[str, ...] = ("validate_request", "generate_code", "generate_tests", "execute_tests")
 INFRA_STAGES: tuple[str, ...] = ("plan_infra", "provision_infra")
 
 MAX_ERROR_CHARS = 2000

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint up system-deps clean
+.PHONY: demo test lint up eval system-deps clean
 
 $(BIN)/quantum: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: $(BIN)/quantum system-deps
 
 up: $(BIN)/quantum system-deps
 	$(BIN)/quantum up
+
+# Builds the shipped tasks on the offline provider and judges them by their hidden tests; fails on a wrong-but-green.
+eval: $(BIN)/quantum system-deps
+	$(BIN)/quantum eval --provider offline
 
 test: $(BIN)/quantum system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

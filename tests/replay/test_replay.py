@@ -7,7 +7,9 @@ raises ``NondeterminismError`` here. To record new histories after an intended, 
 
 Histories named ``v1-*`` were recorded before runs published outbound events, ``v2-*`` before compensations waited
 for a cancelled activity to stop and before reviewer names were compared normalised; keep them: they prove that runs
-in flight across those changes still replay (through ``workflow.patched``).
+in flight across those changes still replay (through ``workflow.patched``). The ``*-repair*`` histories are model
+runs of the repair loop (recorded against a scripted OpenAI-compatible server), ``codegen-tested`` a code generation
+with tests on.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ def test_histories_are_recorded() -> None:
     """Runs of today's code, and runs of earlier versions that replay through the patches."""
     names = {f.stem for f in FILES}
     kinds = {"pipeline-succeeded", "pipeline-compensated", "pipeline-rejected", "pipeline-cancelled"}
-    assert kinds | {"pipeline-cancelled-mid-stage"} <= names
+    assert kinds | {"pipeline-cancelled-mid-stage", "pipeline-repaired", "pipeline-repair-exhausted"} <= names
+    assert {"codegen-succeeded", "codegen-tested"} <= names
     assert {f"v1-{kind}" for kind in kinds} <= names
     assert {f"v2-{kind}" for kind in kinds} <= names
 

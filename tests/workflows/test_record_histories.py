@@ -12,8 +12,12 @@ import pytest
 from temporalio.client import WorkflowFailureError
 
 from events.models import ReviewDecision
+from tests.agents.openai_server import OpenAIServer
 
 from .conftest import Harness, failing, wait_for, wait_for_gate
+from .test_repair import PROMPT, RIGHT, WRONG, files, model, suite
+
+__all__ = ["model"]  # the fixture, shared with the repair tests
 
 pytestmark = pytest.mark.skipif(
     not os.environ.get("QUANTUM_RECORD_HISTORIES"), reason="records replay histories on request only"
@@ -93,3 +97,26 @@ async def test_record(harness: Harness) -> None:
         with pytest.raises(WorkflowFailureError):
             await handle.result()
         await save(handle, "pipeline-compensated")
+
+
+async def test_record_the_repair_loop(model: tuple[Harness, OpenAIServer]) -> None:
+    """A model run repaired on its second attempt, one that runs out of attempts, and a tested code generation."""
+    harness, server = model
+    module = harness.project.replace("-", "_")
+    code, tests = files(**{f"{module}.py": WRONG}), files(**{f"test_{module}.py": suite(module)})
+    server.script(code, tests, files(**{f"{module}.py": RIGHT}), tests, code, tests, code, tests)
+    async with harness.worker():
+        handle = await harness.start_pipeline(prompt=PROMPT)
+        await handle.result()
+        await save(handle, "pipeline-repaired")
+
+        handle = await harness.start_pipeline(prompt=PROMPT, max_attempts=2)
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        await save(handle, "pipeline-repair-exhausted")
+
+        server.script(files(**{"slugs.py": RIGHT}), files(**{"test_slugs.py": suite("slugs")}))
+        request = {"project": "slugs", "prompt": PROMPT, "requested_by": "alice", "tested": True}
+        handle = await harness.start("CodeGenerationWorkflow", request, prefix="codegen")
+        await handle.result()
+        await save(handle, "codegen-tested")

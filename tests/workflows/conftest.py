@@ -6,6 +6,7 @@ A failure is injected by registering an activity under a real activity's name in
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -22,9 +23,11 @@ from agents.infra import stream_name
 from events.models import PipelineRequest
 from quantum.settings import Settings
 from quantum.worker import Agents, activity_name, build_agents, new_worker
+from tests.agents.openai_server import OpenAIServer, Reply
 from workflows.models import PipelineResult, RunStatusView
 
 HTTP_PROMPT = "an HTTP JSON service with a health endpoint"
+MODEL_KEY = "sk-pipeline-secret-key"
 
 
 def failing(name: str, message: str = "injected failure") -> Callable[..., Any]:
@@ -113,3 +116,27 @@ async def harness(client: Client, nats_url: str, tmp_path: Path) -> AsyncIterato
         yield Harness(client, settings, agents)
     finally:
         await agents.close()
+
+
+def files(**named: str) -> Reply:
+    """A model's reply naming files (path -> content)."""
+    return Reply(content=json.dumps({"files": [{"path": p, "content": c} for p, c in named.items()]}))
+
+
+@pytest.fixture
+async def model(client: Client, nats_url: str, tmp_path: Path) -> AsyncIterator[tuple[Harness, OpenAIServer]]:
+    """A harness whose agents talk to a scripted local server speaking the OpenAI protocol."""
+    with OpenAIServer() as server:
+        settings = Settings(  # type: ignore[call-arg]
+            data_dir=tmp_path / "data",
+            nats_url=nats_url,
+            llm_base_url=server.url,
+            llm_model="coder-1",
+            llm_api_key=MODEL_KEY,
+            _env_file=None,
+        )
+        agents = build_agents(settings)
+        try:
+            yield Harness(client, settings, agents), server
+        finally:
+            await agents.close()

@@ -4,11 +4,9 @@ the protocol, through the real ``openai`` client); everything else is as real as
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
@@ -20,9 +18,9 @@ from quantum.settings import Settings
 from quantum.worker import build_agents
 from tests.agents.openai_server import OpenAIServer, Reply
 
-from .conftest import Harness, status
+from .conftest import MODEL_KEY, Harness, files, status
 
-KEY = "sk-pipeline-secret-key"
+KEY = MODEL_KEY
 
 CODE = '''"""Arithmetic helpers."""
 
@@ -44,30 +42,8 @@ def suite_for(module: str) -> str:
     )
 
 
-def files(**named: str) -> Reply:
-    return Reply(content=json.dumps({"files": [{"path": p, "content": c} for p, c in named.items()]}))
-
-
-@pytest.fixture
-async def model_harness(client: Client, nats_url: str, tmp_path: Path) -> AsyncIterator[tuple[Harness, OpenAIServer]]:
-    with OpenAIServer() as server:
-        settings = Settings(  # type: ignore[call-arg]
-            data_dir=tmp_path / "data",
-            nats_url=nats_url,
-            llm_base_url=server.url,
-            llm_model="coder-1",
-            llm_api_key=KEY,
-            _env_file=None,
-        )
-        agents = build_agents(settings)
-        try:
-            yield Harness(client, settings, agents), server
-        finally:
-            await agents.close()
-
-
-async def test_a_pipeline_with_a_model_endpoint(model_harness: tuple[Harness, OpenAIServer]) -> None:
-    harness, server = model_harness
+async def test_a_pipeline_with_a_model_endpoint(model: tuple[Harness, OpenAIServer]) -> None:
+    harness, server = model
     module = harness.project.replace("-", "_")
     server.script(files(**{f"{module}.py": CODE}), files(**{f"test_{module}.py": suite_for(module)}))
     async with harness.worker():

@@ -14,10 +14,8 @@ from temporalio.client import WorkflowFailureError
 from events.models import ReviewDecision
 from tests.agents.openai_server import OpenAIServer
 
-from .conftest import Harness, failing, wait_for, wait_for_gate
-from .test_repair import PROMPT, RIGHT, WRONG, files, model, suite
-
-__all__ = ["model"]  # the fixture, shared with the repair tests
+from .conftest import Harness, failing, files, wait_for, wait_for_gate
+from .test_repair import PROMPT, RIGHT, WRONG, suite
 
 pytestmark = pytest.mark.skipif(
     not os.environ.get("QUANTUM_RECORD_HISTORIES"), reason="records replay histories on request only"

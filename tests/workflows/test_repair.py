@@ -3,22 +3,17 @@ through the real ``openai`` client; the real dev server, agents and sandbox."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import WorkflowFailureError
 
 from events.models import Acceptance, AcceptanceExample
-from quantum.settings import Settings
-from quantum.worker import build_agents
-from tests.agents.openai_server import OpenAIServer, Reply
+from tests.agents.openai_server import OpenAIServer
 
-from .conftest import Harness, status
+from .conftest import Harness, files, status
 
-KEY = "sk-repair-secret-key"
 TOKENS_PER_REPLY = 42 + 17  # what the scripted server reports for every reply
 PROMPT = "arithmetic helpers: add two numbers and tell whether a number is even"
 
@@ -41,28 +36,6 @@ def suite(module: str, total: int = 5) -> str:
         f"def test_add():\n    assert add(2, 3) == {total}\n    assert add(-1, 1) == {0 if total == 5 else -2}\n\n\n"
         "def test_is_even():\n    assert is_even(4) is True\n    assert is_even(3) is False\n"
     )
-
-
-def files(**named: str) -> Reply:
-    return Reply(content=json.dumps({"files": [{"path": p, "content": c} for p, c in named.items()]}))
-
-
-@pytest.fixture
-async def model(client: Client, nats_url: str, tmp_path: Path) -> AsyncIterator[tuple[Harness, OpenAIServer]]:
-    with OpenAIServer() as server:
-        settings = Settings(  # type: ignore[call-arg]
-            data_dir=tmp_path / "data",
-            nats_url=nats_url,
-            llm_base_url=server.url,
-            llm_model="coder-1",
-            llm_api_key=KEY,
-            _env_file=None,
-        )
-        agents = build_agents(settings)
-        try:
-            yield Harness(client, settings, agents), server
-        finally:
-            await agents.close()
 
 
 def user_message(request: dict[str, Any]) -> str:

@@ -64,6 +64,12 @@ MAX_REMEMBERED_KEYWORDS = 20
 GENERATIONS = Counter(
     "quantum_agent_code_generations_total", "Code generations by provider and pattern", ["provider", "pattern"]
 )
+ATTEMPTS = Counter(
+    "quantum_agent_code_attempts_total",
+    "Code written, by provider and attempt of the repair loop",
+    ["provider", "attempt"],
+)
+MAX_ATTEMPT_LABEL = 10
 
 MODEL_PROVIDER = "openai-compatible"
 
@@ -260,6 +266,7 @@ class CodegenAgent:
         if inp.source:
             notes.append(f"{len(inp.source)} source file(s) from the request were written as given.")
         GENERATIONS.labels(draft.provider, pattern.name).inc()
+        ATTEMPTS.labels(draft.provider, str(min(inp.attempt, MAX_ATTEMPT_LABEL))).inc()
         activity.logger.info("generated %s from pattern %s", module, pattern.name)
         records = [file_record(p, src) for p in sorted(written)]
         parents = {f"pattern:{pattern.name}/module.py": provenance.sha256_text(pattern.module_template)}
@@ -274,6 +281,8 @@ class CodegenAgent:
             run_id=inp.run_id,
             parents=parents,
             pattern=pattern.name,
+            attempt=inp.attempt,
+            tokens=(draft.usage.prompt_tokens, draft.usage.completion_tokens),
         )
         statement_path = provenance.write(self.workspaces.for_run(inp.run_id), statement)
         return GeneratedCode(

@@ -34,6 +34,8 @@ def statement(
     run_id: str,
     parents: dict[str, str],
     pattern: str | None,
+    attempt: int = 1,
+    tokens: tuple[int, int] = (0, 0),
 ) -> dict[str, Any]:
     """The in-toto Statement for ``subjects`` (path -> sha256) made from ``parents`` (name -> sha256)."""
     return {
@@ -44,7 +46,14 @@ def statement(
             "buildDefinition": {
                 "buildType": BUILD_TYPE,
                 "externalParameters": {"project": project, "prompt_sha256": sha256_text(prompt)},
-                "internalParameters": {"provider": provider, "model": model, "pattern": pattern},
+                "internalParameters": {
+                    "provider": provider,
+                    "model": model,
+                    "pattern": pattern,
+                    "attempt": attempt,
+                    "promptTokens": tokens[0],
+                    "completionTokens": tokens[1],
+                },
                 "resolvedDependencies": [
                     {"name": name, "digest": {"sha256": digest}} for name, digest in sorted(parents.items())
                 ],

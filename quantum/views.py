@@ -158,9 +158,30 @@ def runs_table(rows: Iterable[tuple[str, str, str, str]]) -> Table:
     return table
 
 
+def attempts_table(view: RunStatusView) -> Table:
+    """Each attempt of the build: who wrote the code, how it ended, what it used."""
+    table = Table(title=Text("attempts"), title_justify="left")
+    for column in ("#", "provider", "model", "outcome", "tokens", "cost", "error"):
+        table.add_column(column, overflow="fold")
+    for a in view.attempts:
+        table.add_row(
+            str(a.attempt),
+            plain(a.provider, one_line=True),
+            plain(a.model or "", one_line=True),
+            Text(a.outcome, style="green" if a.outcome == "passed" else "red"),
+            str(a.prompt_tokens + a.completion_tokens),
+            f"{a.cost:g}",
+            plain(a.error),
+        )
+    return table
+
+
 def summary(view: RunStatusView, ui_url: str | None, namespace: str) -> Group:
-    """What a finished run produced, and where to see its history."""
+    """What a finished run produced (with the build's attempts when it took more than one, or a model's), and where
+    to see its history."""
     body: list[Any] = [outputs_table(view.outputs)]
+    if len(view.attempts) > 1 or any(a.model for a in view.attempts):
+        body.append(attempts_table(view))
     if ui_url:
         link = f"Temporal UI: {ui_url}/namespaces/{namespace}/workflows/{view.pipeline_id}"
         body.append(plain(link, style="blue", one_line=True))

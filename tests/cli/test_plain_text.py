@@ -22,7 +22,7 @@ from events.envelope import DLQ_SUBJECT, subject_for
 from quantum.views import plain, result_panel, runs_table, status_panel, summary
 from tests.cli.support import quantum, quantum_env
 from tests.conftest import free_port
-from workflows.models import AuditEntry, CompensationRecord, RunStatusView
+from workflows.models import AttemptRecord, AuditEntry, CompensationRecord, RunStatusView
 
 ODD = "[/bold]"
 MARKUP = "[red]x[/red] :smile:"
@@ -51,6 +51,10 @@ def odd_view() -> RunStatusView:
         error="[bold]it failed[/] :x:",
         warnings=["[yellow]careful[/]"],
         outputs={"deployment_url": "http://[::1]:8080/[x]", "[gate]_gate_reason": "[because]", "coverage": 91.5},
+        attempts=[
+            AttemptRecord(attempt=1, provider="openai-compatible", model="[m]", outcome="failed", error="[/i] :x:"),
+            AttemptRecord(attempt=2, provider="openai-compatible", model="[m]", outcome="passed", prompt_tokens=7),
+        ],
     )
 
 
@@ -71,6 +75,8 @@ def test_the_views_show_every_string_literally() -> None:
         "http://[::1]:8080/[x]",
         "http://[ui]/namespaces/[ns]/workflows/pipeline-[b]1[/b]",
         "3 earlier refused reviews",
+        "[m]",
+        "[/i] :x:",
     ):
         assert literal in text, literal
     assert "\x1b" not in text and "\\x1b[2Jgone" in text

@@ -3,6 +3,7 @@ through the real ``openai`` client; the real dev server, agents and sandbox."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,11 @@ async def test_a_bug_the_tests_catch_is_repaired_on_the_second_attempt(model: tu
         text = user_message(tests_request)
         assert "def add(a: int, b: int) -> int:" in text and "return a" not in text
     assert view.compensations == []
+    statement = json.loads(
+        (harness.agents.codegen.workspaces.for_run(handle.id) / "provenance.intoto.json").read_text()
+    )
+    built = statement["predicate"]["buildDefinition"]["internalParameters"]
+    assert (built["attempt"], built["promptTokens"], built["completionTokens"]) == (2, 42, 17)
     assert str(view.outputs["remembered_as"]).startswith("generated-")
     store = harness.agents.codegen.store
     assert store is not None

@@ -46,6 +46,7 @@ def test_the_shipped_suite_has_twenty_five_tasks_or_more() -> None:
             "repeats a task id: ['a']",
         ),
         ("tasks:\n  - {id: a, project: a, prompt: abc}\n", "task a in"),
+        ("tasks:\n  - {id: a, project: Not A Name, prompt: abc, hidden_tests: x}\n", "task a in"),
         (
             "tasks:\n  - {id: a, project: a, prompt: abc, hidden_tests: x, acceptance: {examples: [{call: f}]}}\n",
             "task a in",

@@ -81,7 +81,9 @@ def load_tasks(path: Path = TASKS_FILE) -> list[Task]:
     tasks: list[Task] = []
     for index, item in enumerate(items):
         try:
-            tasks.append(Task.model_validate(item))
+            task = Task.model_validate(item)
+            CodeRequest(project=task.project, prompt=task.prompt, requested_by=REQUESTER, acceptance=task.acceptance)
+            tasks.append(task)
         except ValidationError as err:
             name = item.get("id", f"#{index}") if isinstance(item, dict) else f"#{index}"
             first = err.errors()[0]

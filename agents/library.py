@@ -137,6 +137,9 @@ class Pattern:
     intents: tuple[str, ...] = ()
     vocabulary: tuple[str, ...] = ()
     lacks: tuple[str, ...] = ()
+    max_unknown: int | None = None
+    """For a pattern that is a frame for other work (a service, a CLI), how many words it cannot explain a request
+    may hold: what such a request names beyond the frame is the job it really asks for."""
 
     def render(self, template: str, *, module: str, project: str, prompt: str) -> str:
         title = project.replace("-", " ").replace("_", " ").title()
@@ -305,6 +308,7 @@ class PatternLibrary:
                 intents=tuple(meta.get("intents", ())),
                 vocabulary=tuple(meta.get("vocabulary", ())),
                 lacks=tuple(meta.get("lacks", ())),
+                max_unknown=meta.get("max_unknown"),
             )
 
     def get(self, name: str) -> Pattern:
@@ -391,7 +395,10 @@ class PatternLibrary:
         if owners:
             named = ", ".join(f"{said.get(w, w)} ({owner})" for w, owner in owners.items())
             return verdict(None, f"it also names {named}, which {name} does not do")
-        unknown = [w for w in best.unexplained if w not in owners]
+        unknown = list(best.unexplained)
+        frame = best.pattern.max_unknown
+        if frame is not None and len(unknown) > frame:
+            return verdict(None, f"it asks for more than {name} does: {spoken(unknown)}")
         if len(unknown) > MAX_UNKNOWN and best.score < MIN_SHARE_WITH_UNKNOWN:
             return verdict(None, f"it asks for more than {name} does ({spoken(unknown)})")
         missing = [n for n in requested_names(prompt, names) if n not in best.pattern.public_names]

@@ -389,7 +389,14 @@ async def test_generated_code_carries_an_in_toto_provenance_statement(workspaces
     build = statement["predicate"]["buildDefinition"]
     assert build["externalParameters"]["prompt_sha256"] == code.prompt_sha256
     assert PROMPTS["semver"] not in Path(code.provenance).read_text()  # the prompt itself stays out
-    assert build["internalParameters"] == {"provider": "offline-patterns", "model": None, "pattern": "semver"}
+    assert build["internalParameters"] == {
+        "provider": "offline-patterns",
+        "model": None,
+        "pattern": "semver",
+        "attempt": 1,
+        "promptTokens": 0,
+        "completionTokens": 0,
+    }
     parents = {d["name"] for d in build["resolvedDependencies"]}
     assert parents == {"pattern:semver/module.py", "source:extra.py"}
     assert statement["predicate"]["runDetails"]["metadata"]["invocationId"] == rid

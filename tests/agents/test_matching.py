@@ -78,6 +78,7 @@ def test_the_result_shows_its_score_and_runner_up() -> None:
         ("a URL shortener with a REST API", "two jobs"),
         ("an HTTP client that retries failed requests", "http, client"),
         ("Write `make_slug(title)` that turns a title into a slug", "make_slug, which slugify does not define"),
+        ("an HTTP service that converts currencies", "more than http_service does: converts, currencies"),
     ],
 )
 def test_each_refusal_says_why_in_the_requests_own_words(request_text: str, reason: str) -> None:

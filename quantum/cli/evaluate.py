@@ -79,7 +79,7 @@ def table(report: EvalReport) -> Table:
     shown = Table(title=Text(f"quantum eval ({report.provider})"), title_justify="left")
     for column in ("task", "outcome", "attempts", "tokens", "seconds"):
         shown.add_column(column, no_wrap=True)
-    shown.add_column("detail", overflow="fold", ratio=1)
+    shown.add_column("detail", overflow="ellipsis", no_wrap=True, ratio=1)  # whole in the JSON report
     for r in report.results:
         shown.add_row(
             plain(r.id),

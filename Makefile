@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint up eval system-deps clean
+.PHONY: demo test lint up eval system-deps clean checkov
 
 $(BIN)/quantum: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,12 @@ system-deps:
 	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq bubblewrap; \
 	  else echo "bubblewrap not found: install it for the strongest sandbox"; fi; }
+# promtool (Debian's prometheus package) checks the alert rules QSRE writes; without it they are written unchecked.
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq prometheus; \
+	  else echo "promtool not found: install prometheus so QSRE's alert rules are checked"; fi; }
 
 demo: $(BIN)/quantum system-deps
 	$(BIN)/quantum demo --auto-approve
@@ -29,7 +35,18 @@ up: $(BIN)/quantum system-deps
 eval: $(BIN)/quantum system-deps
 	$(BIN)/quantum eval --provider offline
 
-test: $(BIN)/quantum system-deps
+# checkov scans infrastructure manifests (QSecure) from a virtual environment of its own: installed with the
+# project, it pulls an old openai. The worker finds it here (or QUANTUM_CHECKOV_BIN, or checkov on PATH).
+CHECKOV_VENV ?= .venv-checkov
+
+$(CHECKOV_VENV)/bin/checkov:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet checkov
+	touch $@
+
+.venv-checkov checkov: $(CHECKOV_VENV)/bin/checkov
+
+test: $(BIN)/quantum system-deps $(CHECKOV_VENV)/bin/checkov
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(BIN)/quantum
@@ -38,4 +55,4 @@ lint: $(BIN)/quantum
 	$(BIN)/mypy quantum agents workflows events
 
 clean:
-	rm -rf $(VENV) .quantum .pytest_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) .quantum .pytest_cache

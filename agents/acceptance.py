@@ -86,6 +86,11 @@ async def run_acceptance(
 
 def _prepare(root: Path, scratch: Path, module: str, acceptance: Acceptance) -> None:
     prepare_scratch(root, scratch)
+    write_acceptance(scratch, module, acceptance)
+
+
+def write_acceptance(scratch: Path, module: str, acceptance: Acceptance) -> None:
+    """Write ``acceptance/`` (examples, the fixed runner, the fixture, the request's tests) into ``scratch``."""
     target = scratch / ACCEPTANCE_DIR
     target.mkdir()
     spec = {

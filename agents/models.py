@@ -7,7 +7,7 @@ Each activity takes one model and returns one, so fields can be added compatibly
 from __future__ import annotations
 
 import ast
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -412,18 +412,46 @@ class TestReport(_Model):
 # --- QSecure: security scanning -----------------------------------------------------------------------------------
 
 
+ScanName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,39}$")]
+"""A project or environment name, which becomes part of the path of its release's findings."""
+
+
 class ScanInput(_Model):
     run_id: str
+    project: ScanName | None = Field(
+        default=None, description="With environment: the findings are compared with the last release of both."
+    )
+    environment: ScanName | None = None
+
+    @model_serializer(mode="wrap")
+    def _compatible(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Without project and environment when there are none, so that workers from before them still decode it."""
+        return _without_none(_without_none(handler(self), "project"), "environment")
+
+
+Severity = Literal["LOW", "MEDIUM", "HIGH", "CRITICAL"]
+SEVERITIES: tuple[Severity, ...] = ("CRITICAL", "HIGH", "MEDIUM", "LOW")
+"""Worst first."""
 
 
 class Finding(_Model):
     tool: str
     rule_id: str
-    severity: Literal["LOW", "MEDIUM", "HIGH", "CRITICAL"]
+    severity: Severity
     confidence: Literal["LOW", "MEDIUM", "HIGH"]
-    file: str
+    file: str = Field(description="Relative to the run's code (src/).")
     line: int
     message: str
+    fingerprint: str = Field(
+        default="",
+        description="sha256 of tool, rule, file and the offending line's text (spaces normalised), not its number: "
+        "a finding keeps it when the code moves. Empty in reports from before fingerprints.",
+    )
+    baseline_state: Literal["new", "unchanged", "absent"] | None = Field(
+        default=None,
+        description="Against the last deployed release of the project and environment: new, unchanged, or absent "
+        "(fixed since). None when nothing was compared.",
+    )
 
     @property
     def critical(self) -> bool:
@@ -435,6 +463,60 @@ class ScanReport(_Model):
     scanned_files: int
     findings: list[Finding]
     criticals: int
+    highs: int = 0
+    mediums: int = 0
+    lows: int = 0
+    manifests: int = Field(default=0, description="Infrastructure manifests scanned (checkov).")
+    baseline_release: str | None = Field(
+        default=None, description="The release compared against (the last deployed one), or None when none was."
+    )
+    baseline_run: str | None = None
+    new_findings: int | None = Field(default=None, description="Findings the compared release did not have.")
+    fixed_findings: int | None = Field(default=None, description="Findings of the compared release now gone.")
+    unchanged_findings: int | None = None
+    fixed: list[Finding] = Field(default_factory=list, description="The first fixed findings, baseline_state absent.")
+    sarif: str | None = Field(default=None, description="Path of the SARIF 2.1.0 report kept with the run.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _counted(cls, data: Any) -> Any:
+        """Reports from before the counts by severity count the findings they kept."""
+        if isinstance(data, dict) and "highs" not in data and isinstance(data.get("findings"), list):
+            severities = [
+                f.get("severity") if isinstance(f, dict) else getattr(f, "severity", None) for f in data["findings"]
+            ]
+            data = {
+                **data,
+                "highs": severities.count("HIGH"),
+                "mediums": severities.count("MEDIUM"),
+                "lows": severities.count("LOW"),
+            }
+        return data
+
+    def count(self, severity: str) -> int:
+        """Findings of ``severity`` (CRITICAL, HIGH, MEDIUM or LOW)."""
+        return {"CRITICAL": self.criticals, "HIGH": self.highs, "MEDIUM": self.mediums, "LOW": self.lows}[severity]
+
+    def at_or_above(self, severity: str) -> int:
+        """Findings of ``severity`` or worse; 0 for ``NEVER``."""
+        if severity not in SEVERITIES:
+            return 0
+        return sum(self.count(s) for s in SEVERITIES[: SEVERITIES.index(severity) + 1])
+
+
+class RecordReleaseInput(_Model):
+    """A release that was deployed and verified: its scan's findings become the baseline of its project and
+    environment."""
+
+    run_id: str
+    project: ScanName
+    environment: ScanName
+    release: str
+
+
+class RecordedRelease(_Model):
+    path: str
+    findings: int
 
 
 # --- QInfra: infrastructure ---------------------------------------------------------------------------------------
@@ -443,13 +525,35 @@ class ScanReport(_Model):
 ResourceName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,39}$")]
 """A project or resource name, which becomes part of a path and a stream name."""
 
+ResourceKind = Literal["directory", "stream", "kv", "sqlite", "port"]
+MAX_DEPENDENCIES = 20
+
 
 class ResourceSpec(_Model):
-    kind: Literal["directory", "stream"]
+    """One declared resource. ``depends_on`` names resources of the same request that must exist first;
+    ``from_project`` makes it a reference to a resource another project declares (provisioned by that project's
+    run, never created or destroyed by this one)."""
+
+    kind: ResourceKind
     name: ResourceName
     subjects: list[str] = Field(default_factory=list)
     max_bytes: int = 64 * 1024 * 1024
     max_age_seconds: int = 0
+    history: int = Field(default=1, ge=1, le=64, description="KV buckets: values kept per key.")
+    storage: Literal["file", "memory"] = Field(default="file", description="Streams and KV buckets.")
+    depends_on: list[ResourceName] = Field(default_factory=list, max_length=MAX_DEPENDENCIES)
+    from_project: ResourceName | None = None
+
+    _ADDED_LATER: ClassVar[tuple[str, ...]] = ("history", "storage", "depends_on", "from_project")
+
+    @model_serializer(mode="wrap")
+    def _compatible(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Without the fields added later when they hold their defaults, so workers from before them decode it."""
+        data: dict[str, Any] = handler(self)
+        for name in self._ADDED_LATER:
+            if getattr(self, name) == type(self).model_fields[name].get_default(call_default_factory=True):
+                data.pop(name, None)
+        return data
 
 
 class PlanInfraInput(_Model):
@@ -460,10 +564,10 @@ class PlanInfraInput(_Model):
 
 
 class PlannedChange(_Model):
-    action: Literal["create", "update", "noop"]
+    action: Literal["create", "update", "replace", "delete", "noop"]
     kind: str
     name: str
-    address: str = Field(description="Directory path or JetStream stream name.")
+    address: str = Field(description="Directory or file path, JetStream stream or KV bucket, loopback port.")
     detail: str = ""
 
 
@@ -471,16 +575,23 @@ class InfraPlan(_Model):
     run_id: str
     project: str
     environment: str
-    changes: list[PlannedChange]
+    changes: list[PlannedChange] = Field(description="In the order provisioning applies them.")
     resources: list[ResourceSpec] = Field(default_factory=list, description="The specs the plan was made from.")
     impact: Impact
     reasons: list[str] = Field(default_factory=list)
+    references: list[str] = Field(
+        default_factory=list, description="Resources of other projects this one uses: `project/name address`."
+    )
+    state_serial: int | None = Field(
+        default=None, description="The serial of the state the plan was made from; provisioning refuses a newer one."
+    )
 
 
 class ProvisionedResource(_Model):
     kind: str
     name: str
     address: str
+    action: str = Field(default="create", description="What provisioning did: create, update, replace, delete, noop.")
 
 
 class ProvisionResult(_Model):
@@ -489,6 +600,19 @@ class ProvisionResult(_Model):
 
 class DestroyResult(_Model):
     removed: list[str] = Field(default_factory=list)
+    restored: list[str] = Field(default_factory=list, description="Resources put back as they were before the run.")
+    notes: list[str] = Field(default_factory=list, description="What could not be put back, and why.")
+
+
+class DeclaredInput(_Model):
+    """Names a project's state: what it last declared in ``environment``."""
+
+    project: ResourceName
+    environment: str
+
+
+class Declared(_Model):
+    resources: list[ResourceSpec] = Field(default_factory=list)
 
 
 # --- deployment -----------------------------------------------------------------------------------------------------
@@ -499,6 +623,12 @@ class DeployInput(_Model):
     project: str
     environment: str
     release: str = Field(description="Fingerprint digest of the code being released.")
+    module: str | None = Field(default=None, description="The module built; None: the one module under src/.")
+
+    @model_serializer(mode="wrap")
+    def _compatible(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Without ``module`` when there is none, so that workers from before it still decode the input."""
+        return _without_none(handler(self), "module")
 
 
 class Deployment(_Model):
@@ -507,6 +637,34 @@ class Deployment(_Model):
     pid: int
     port: int
     release: str
+    kind: Literal["service", "library"] | None = Field(
+        default=None, description="A service runs its own code in the sandbox; a library is released as a wheel."
+    )
+    module: str | None = None
+    artifact: str | None = Field(default=None, description="The wheel of a library release.")
+
+    @model_serializer(mode="wrap")
+    def _compatible(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Without the fields added later when unset, so that workers from before them still decode it."""
+        data: dict[str, Any] = handler(self)
+        for key in ("kind", "module", "artifact"):
+            _without_none(data, key)
+        return data
+
+
+class VerifyInput(Deployment):
+    """A deployment to verify, with the request's acceptance checks (a plain :class:`Deployment` still decodes)."""
+
+    acceptance: Acceptance | None = Field(
+        default=None, description="HTTP examples run against the live release; the others against its artifact."
+    )
+
+    @model_serializer(mode="wrap")
+    def _compatible(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for key in ("kind", "module", "artifact", "acceptance"):
+            _without_none(data, key)
+        return data
 
 
 class VerifyResult(_Model):
@@ -514,6 +672,8 @@ class VerifyResult(_Model):
     status_code: int | None = None
     release_matches: bool = False
     detail: str = ""
+    checked: int = Field(default=0, description="Acceptance examples and tests run against the release.")
+    failures: list[str] = Field(default_factory=list, max_length=MAX_ACCEPTANCE_FAILURES)
 
 
 class RollbackResult(_Model):
@@ -533,5 +693,12 @@ class MonitoringInput(_Model):
 
 class MonitoringSetup(_Model):
     target: str
-    files: list[str]
+    files: list[str] = Field(description="This deployment's files (target, rules, dashboard): what teardown removes.")
     scrape_ok: bool
+    rules_checked: bool = Field(default=False, description="Whether ``promtool check rules`` passed the rule file.")
+    dashboard_uid: str = ""
+    panels: list[str] = Field(default_factory=list, description="What the dashboard shows, as the scrape found it.")
+    provisioning: list[str] = Field(
+        default_factory=list, description="The shared Prometheus and Grafana files that read the per-deployment ones."
+    )
+    warnings: list[str] = Field(default_factory=list, description="What the run shows, e.g. rules left unchecked.")

@@ -195,20 +195,26 @@ class Sandbox:
         """Run ``argv`` in the sandbox with ``workspace`` writable; kill the process group after ``timeout`` s."""
         isolation = self.isolation
         workspace = workspace.resolve()
-        clean_env = {"PATH": SANDBOX_PATH, "HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
-        clean_env.update(env or {})
-        if isolation == "bwrap":
-            prefix = self._bwrap_argv(workspace, clean_env)
-        else:
-            prefix = self._unshare_argv(workspace, clean_env)
         cgroup = PidsCgroup(self.limits.processes)
         if cgroup.create():
             isolation += "+pids-cgroup"
-        full = cgroup.wrap([*prefix, *self._limits_argv(), *argv])
+        full = cgroup.wrap(self.command(argv, workspace=workspace, env=env))
         try:
             return await self._run(full, workspace, timeout, isolation)
         finally:
             cgroup.destroy()
+
+    def command(self, argv: list[str], *, workspace: Path, env: dict[str, str] | None = None) -> list[str]:
+        """The command line that runs ``argv`` in the sandbox with ``workspace`` writable, for a caller that starts
+        and supervises the process itself (a released service); :meth:`run` runs one to completion."""
+        workspace = workspace.resolve()
+        clean_env = {"PATH": SANDBOX_PATH, "HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
+        clean_env.update(env or {})
+        if self.isolation == "bwrap":
+            prefix = self._bwrap_argv(workspace, clean_env)
+        else:
+            prefix = self._unshare_argv(workspace, clean_env)
+        return [*prefix, *self._limits_argv(), *argv]
 
     async def _run(self, full: list[str], workspace: Path, timeout: float, isolation: str) -> SandboxResult:
         done = await run_bounded(

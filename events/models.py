@@ -124,21 +124,63 @@ class TestPolicy(_Strict):
     )
 
 
-class InfraResource(_Strict):
-    """One resource to provision: a directory in the data dir or a JetStream stream on the bus."""
+class SecurityPolicy(_Strict):
+    """When the security scan's findings open the ``security`` gate."""
 
-    kind: Literal["directory", "stream"]
+    gate_at: Literal["critical", "high", "medium", "low", "never"] = Field(
+        default="critical",
+        description="Findings of this severity or worse open the security gate (never: reported only).",
+    )
+
+
+class InfraResource(_Strict):
+    """One declared resource: a directory or a SQLite database in the data dir, a JetStream stream or KV bucket on
+    the bus, or a loopback port reserved for the project. ``depends_on`` names resources of the same request that
+    must exist first; ``from_project`` makes it a reference to a resource that another project declares: that
+    project's provisioning runs first (a child ``InfraProvisionWorkflow``), and this run never creates or removes
+    it."""
+
+    kind: Literal["directory", "stream", "kv", "sqlite", "port"]
     name: Name
     subjects: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.*>-]{1,200}$")]] = Field(
         default_factory=list, max_length=MAX_SUBJECTS
     )
     max_bytes: int = Field(default=64 * 1024 * 1024, gt=0, le=MAX_STREAM_BYTES)
     max_age_seconds: int = Field(default=0, ge=0, le=10 * 365 * 24 * 3600)
+    history: int = Field(default=1, ge=1, le=64, description="KV buckets: how many values are kept per key.")
+    storage: Literal["file", "memory"] = Field(default="file", description="Streams and KV buckets.")
+    depends_on: list[Name] = Field(
+        default_factory=list,
+        max_length=MAX_RESOURCES,
+        description="Names of resources of this request that are provisioned first (and removed last).",
+    )
+    from_project: Name | None = Field(
+        default=None,
+        description="A resource that this other project declares: its provisioning runs first, as a child run.",
+    )
+
+    _ADDED_LATER: ClassVar[tuple[str, ...]] = ("history", "storage", "depends_on", "from_project")
+
+    @model_serializer(mode="wrap")
+    def _compatible(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Without the fields added later when they hold their defaults, so that bridges and workers from before
+        them still decode the resource."""
+        data: dict[str, Any] = handler(self)
+        for name in self._ADDED_LATER:
+            if getattr(self, name) == type(self).model_fields[name].get_default(call_default_factory=True):
+                data.pop(name, None)
+        return data
 
     @model_validator(mode="after")
     def _subjects_only_for_streams(self) -> InfraResource:
         if self.kind != "stream" and self.subjects:
             raise ValueError(f"subjects only apply to streams, not to a {self.kind}")
+        if self.kind != "kv" and self.history != 1:
+            raise ValueError(f"history only applies to kv buckets, not to a {self.kind}")
+        if self.kind not in ("stream", "kv") and self.storage != "file":
+            raise ValueError(f"storage only applies to streams and kv buckets, not to a {self.kind}")
+        if self.from_project is not None and self.depends_on:
+            raise ValueError("a resource of another project (from_project) cannot depend on resources of this one")
         for subject in self.subjects:
             if subject.startswith(RESERVED_SUBJECT_PREFIXES) or subject in {">", "*"}:
                 raise ValueError(
@@ -407,6 +449,12 @@ class PipelineRequest(_Build):
     environment: Environment = "dev"
     infrastructure: list[InfraResource] | None = Field(default=None, max_length=MAX_RESOURCES)
     approval_policy: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
+    security_policy: SecurityPolicy = Field(
+        default_factory=SecurityPolicy,
+        description="Which findings open the security gate (default: criticals); the others are reported.",
+    )
+
+    _ADDED_LATER: ClassVar[tuple[str, ...]] = (*_Build._ADDED_LATER, "security_policy")
 
     @field_validator("infrastructure")
     @classmethod

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlparse
@@ -20,6 +22,8 @@ DEFAULT_TEMPORAL_ADDRESS = "localhost:7233"
 DEFAULT_NATS_URL = "nats://localhost:4222"
 DEFAULT_METRICS_PORT = 9464
 OPENAI_BASE_URL = "https://api.openai.com/v1"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+"""The project's directory (where `make` creates .venv-checkov)."""
 
 
 class Settings(BaseSettings):
@@ -73,6 +77,14 @@ class Settings(BaseSettings):
 
     test_timeout_seconds: float = Field(default=180.0, gt=0, description="Wall-clock limit of one test run.")
     deploy_host: str = "127.0.0.1"
+    checkov_bin: str = Field(
+        default="",
+        description="checkov scanning infrastructure manifests (QSecure); default: the project's .venv-checkov "
+        "(`make .venv-checkov`), else checkov on PATH.",
+    )
+    promtool_bin: str = Field(
+        default="promtool", description="promtool checking QSRE's alert rules: a name on PATH or a path."
+    )
 
     def llm_config(self) -> LLMConfig | None:
         """The model endpoint, or None for the offline pattern provider (no model named, or nowhere to send it)."""
@@ -88,6 +100,16 @@ class Settings(BaseSettings):
             prompt_price_per_1k=self.llm_prompt_price_per_1k,
             completion_price_per_1k=self.llm_completion_price_per_1k,
         )
+
+    def checkov_program(self) -> str | None:
+        """checkov for QSecure: ``QUANTUM_CHECKOV_BIN`` when set, else the project's ``.venv-checkov/bin/checkov``
+        when it exists, else ``checkov`` on PATH; None when there is none (a run with manifests then fails its scan)."""
+        if self.checkov_bin:
+            return self.checkov_bin
+        own = PROJECT_ROOT / ".venv-checkov" / "bin" / "checkov"
+        if own.is_file() and os.access(own, os.X_OK):
+            return str(own)
+        return shutil.which("checkov")
 
     def stream_limits(self) -> StreamLimits:
         return StreamLimits(

@@ -74,10 +74,10 @@ def build_agents(settings: Settings, *, nats_url: str | None = None) -> Agents:
     return Agents(
         codegen=CodegenAgent(workspaces, patterns, build_pattern_store(settings, patterns, llm), llm),
         testgen=TestgenAgent(workspaces, patterns, Sandbox(), llm),
-        security=SecurityAgent(workspaces),
+        security=SecurityAgent(workspaces, releases=data / "security" / "releases", checkov=settings.checkov_program()),
         infra=InfraAgent(data / "infra", nats_url or settings.nats_url),
         deploy=DeployAgent(workspaces, data / "deployments", host=settings.deploy_host),
-        sre=SREAgent(data / "monitoring"),
+        sre=SREAgent(data / "monitoring", promtool=settings.promtool_bin),
         publisher=EventPublisher(nats_url or settings.nats_url),
     )
 

@@ -1,16 +1,20 @@
 """``InfraProvisionWorkflow``: plan, the ``infra`` gate when the impact is HIGH, provision; destroy on failure.
 
-The steps are also used by the pipeline saga's ``plan_infra`` and ``provision_infra`` stages.
+The steps are also used by the pipeline saga's ``plan_infra`` and ``provision_infra`` stages. A request naming
+resources of other projects (``from_project``) first provisions each of those projects as a child
+``InfraProvisionWorkflow`` (with what that project last declared) and waits for it: a dependency chain.
 """
 
 from __future__ import annotations
 
 import pydantic
 from temporalio import workflow
+from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from agents.errors import INVALID_REQUEST
     from agents.infra import InfraAgent
-    from agents.models import InfraPlan, PlanInfraInput, ProvisionResult, ResourceSpec, RunRef
+    from agents.models import DeclaredInput, InfraPlan, PlanInfraInput, ProvisionResult, ResourceSpec, RunRef
     from events.models import InfraRequest, InfraResource, ReviewDecision
     from workflows import presets
     from workflows.models import INFRA_STAGES, PipelineResult, RunStatusView
@@ -26,12 +30,61 @@ def plan_input(run_id: str, project: str, environment: str, resources: list[Infr
     )
 
 
+PROJECT_CHAIN_PATCH = "infra-project-chain"
+"""Runs recorded before requests could name other projects' resources."""
+CHAIN_MARK = ".chain."
+MAX_CHAIN = 4
+
+
+async def provision_dependencies(run: Run, inp: PlanInfraInput) -> None:
+    """Provision each project whose resources ``inp`` names (``from_project``), as a child run, one after another.
+
+    A child's id is its parent's with the chain of projects appended (``<id>.chain.<a>.<b>``), so a chain that
+    comes back to a project already in it (a cycle) or grows longer than ``MAX_CHAIN`` is refused, naming it.
+    """
+    projects = list(dict.fromkeys(r.from_project for r in inp.resources if r.from_project is not None))
+    if not projects or not workflow.patched(PROJECT_CHAIN_PATCH):
+        return
+    own_id = workflow.info().workflow_id
+    _, marked, tail = own_id.partition(CHAIN_MARK)
+    chain = tail.split(".") if marked else [inp.project]
+    children: list[str] = []
+    for project in projects:
+        if project in chain:
+            raise ApplicationError(
+                f"project dependency cycle: {' -> '.join([*chain, project])}", type=INVALID_REQUEST, non_retryable=True
+            )
+        if len(chain) >= MAX_CHAIN:
+            raise ApplicationError(
+                f"project dependency chain {' -> '.join([*chain, project])} is longer than {MAX_CHAIN}",
+                type=INVALID_REQUEST,
+                non_retryable=True,
+            )
+        declared = await workflow.execute_activity_method(
+            InfraAgent.declared, DeclaredInput(project=project, environment=inp.environment), **presets.QUICK
+        )
+        request = InfraRequest(
+            project=project,
+            requested_by=run.requester,
+            environment=inp.environment,
+            resources=[InfraResource.model_validate(spec.model_dump()) for spec in declared.resources],
+            approval_policy=run.policy,
+        )
+        child_id = f"{own_id}.{project}" if marked else f"{own_id}{CHAIN_MARK}{inp.project}.{project}"
+        await workflow.execute_child_workflow(InfraProvisionWorkflow.run, request, id=child_id)
+        children.append(child_id)
+    run.view.outputs["infra_dependencies"] = ", ".join(children)
+
+
 async def plan(run: Run, inp: PlanInfraInput) -> InfraPlan:
+    await provision_dependencies(run, inp)
     result: InfraPlan = await workflow.execute_activity_method(InfraAgent.plan, inp, **presets.stage(presets.QUICK))
     run.view.outputs.update(
         infra_impact=result.impact,
         infra_changes=", ".join(f"{c.action} {c.kind} {c.name}" for c in result.changes),
     )
+    if result.references:
+        run.view.outputs["infra_references"] = ", ".join(result.references)
     return result
 
 

@@ -11,11 +11,15 @@ from temporalio.exceptions import FailureError, is_cancelled_exception
 with workflow.unsafe.imports_passed_through():
     from agents.deploy import DeployAgent
     from agents.models import (
+        Acceptance,
         DeployInput,
         Deployment,
         MonitoringInput,
+        RecordReleaseInput,
         RunRef,
         ScanInput,
+        ScanReport,
+        VerifyInput,
     )
     from agents.security import SecurityAgent
     from agents.sre import SREAgent
@@ -24,6 +28,30 @@ with workflow.unsafe.imports_passed_through():
     from workflows.build import Build, remember
     from workflows.models import PIPELINE_STAGES, PipelineResult, RunStatusView
     from workflows.saga import Run, failure_message
+
+
+RECORD_RELEASE_PATCH = "security-record-release"
+"""Runs recorded before it kept no release's findings for the next run to be compared with."""
+MAX_GATE_FINDINGS = 5
+
+
+def security_gate_reason(report: ScanReport, gate_at: str) -> str:
+    """Why the security gate opened: how many findings at or above ``gate_at``, how many are new since the last
+    deployed release and how many it had that are fixed, then the worst few (new ones marked)."""
+    count = report.at_or_above(gate_at)
+    what = "critical findings" if gate_at == "CRITICAL" else f"findings at {gate_at.lower()} or above"
+    reason = f"{count} {what}"
+    if report.new_findings is not None:
+        since = f"release {report.baseline_release[:12]}" if report.baseline_release else "no release deployed yet"
+        reason += f" ({report.new_findings} new, {report.fixed_findings} fixed since {since})"
+    ranks = ("CRITICAL", "HIGH", "MEDIUM", "LOW")
+    gating = [f for f in report.findings if ranks.index(f.severity) <= ranks.index(gate_at)]
+    gating.sort(key=lambda f: (f.baseline_state != "new", ranks.index(f.severity)))
+    worst = [
+        f"{f.rule_id} {f.file}:{f.line}" + (" [new]" if f.baseline_state == "new" else "")
+        for f in gating[:MAX_GATE_FINDINGS]
+    ]
+    return f"{reason}: {', '.join(worst)}"
 
 
 @workflow.defn(name="DevSecOpsPipelineWorkflow", failure_exception_types=[pydantic.ValidationError])
@@ -67,7 +95,7 @@ class DevSecOpsPipelineWorkflow:
         ref = RunRef(run_id=run_id)
 
         code = await Build(run, request, run_id).build()
-        await run.stage("security_scan", lambda: self._security_scan(ref))
+        await run.stage("security_scan", lambda: self._security_scan(ref, request))
 
         if request.infrastructure:
             inp = infra.plan_input(run_id, request.project, request.environment, request.infrastructure)
@@ -81,39 +109,77 @@ class DevSecOpsPipelineWorkflow:
         if request.environment == "prod":
             await run.gate("deploy", "deploy_application", reason="environment prod")
         release = str(run.view.outputs["release"])
-        deployment = await run.stage("deploy_application", lambda: self._deploy(ref, request, release))
-        await run.stage("verify_deployment", lambda: self._verify(deployment))
+        deployment = await run.stage("deploy_application", lambda: self._deploy(ref, request, release, code.module))
+        await run.stage("verify_deployment", lambda: self._verify(deployment, request))
+        if workflow.patched(RECORD_RELEASE_PATCH):
+            await self._record_release(ref, request, release)
         await self._setup_monitoring(ref, request, deployment)
         await remember(run, code, request)
         return PipelineResult(
             pipeline_id=run_id, status="succeeded", outputs=dict(run.view.outputs), warnings=list(run.view.warnings)
         )
 
-    async def _security_scan(self, ref: RunRef) -> None:
-        report = await workflow.execute_activity_method(
-            SecurityAgent.scan, ScanInput(run_id=ref.run_id), **presets.stage(presets.TOOL)
+    async def _security_scan(self, ref: RunRef, request: PipelineRequest) -> None:
+        """Scan; findings at or above the request's ``security_policy.gate_at`` (default critical) open the
+        ``security`` gate, whose reason says what is new since the last deployed release of the project and
+        environment and what was fixed."""
+        inp = ScanInput(run_id=ref.run_id, project=request.project, environment=request.environment)
+        report = await workflow.execute_activity_method(SecurityAgent.scan, inp, **presets.stage(presets.TOOL))
+        outputs = self._run.view.outputs
+        outputs.update(findings=len(report.findings), criticals=report.criticals)
+        outputs.update(
+            findings_critical=report.criticals,
+            findings_high=report.highs,
+            findings_medium=report.mediums,
+            findings_low=report.lows,
         )
-        self._run.view.outputs.update(findings=len(report.findings), criticals=report.criticals)
-        if report.criticals:
-            worst = [f"{f.rule_id} {f.file}:{f.line}" for f in report.findings if f.critical][:5]
-            await self._run.gate(
-                "security", "security_scan", reason=f"{report.criticals} critical findings: {', '.join(worst)}"
-            )
+        if report.new_findings is not None:
+            outputs.update(new_findings=report.new_findings, fixed_findings=report.fixed_findings)
+        if report.sarif:
+            outputs["security_report"] = report.sarif
+        gate_at = request.security_policy.gate_at.upper()
+        if report.at_or_above(gate_at):
+            await self._run.gate("security", "security_scan", reason=security_gate_reason(report, gate_at))
 
-    async def _deploy(self, ref: RunRef, request: PipelineRequest, release: str) -> Deployment:
+    async def _record_release(self, ref: RunRef, request: PipelineRequest, release: str) -> None:
+        """Keep this release's findings as the baseline of its project and environment. A failure is a warning:
+        the next run is then compared with the release before."""
+        inp = RecordReleaseInput(
+            run_id=ref.run_id, project=request.project, environment=request.environment, release=release
+        )
+        try:
+            await workflow.execute_activity_method(SecurityAgent.record_release, inp, **presets.QUICK)
+        except FailureError as err:
+            if is_cancelled_exception(err):
+                raise asyncio.CancelledError(str(err)) from err
+            self._run.warn(f"security.record_release failed: {failure_message(err)}")
+
+    async def _deploy(self, ref: RunRef, request: PipelineRequest, release: str, module: str) -> Deployment:
         self._run.on_failure(
             "rollback_deployment",
             lambda: workflow.execute_activity_method(DeployAgent.rollback, ref, **presets.COMPENSATION),
         )
-        inp = DeployInput(run_id=ref.run_id, project=request.project, environment=request.environment, release=release)
+        inp = DeployInput(
+            run_id=ref.run_id,
+            project=request.project,
+            environment=request.environment,
+            release=release,
+            module=module,
+        )
         deployment: Deployment = await workflow.execute_activity_method(
             DeployAgent.deploy, inp, **presets.stage(presets.INFRA)
         )
         self._run.view.outputs["deployment_url"] = deployment.url
         return deployment
 
-    async def _verify(self, deployment: Deployment) -> None:
-        result = await workflow.execute_activity_method(DeployAgent.verify, deployment, **presets.stage(presets.QUICK))
+    async def _verify(self, deployment: Deployment, request: PipelineRequest) -> None:
+        """The live release against the request's acceptance (the same activity and command as before; only its
+        input carries more, so runs recorded before still replay)."""
+        acceptance = None
+        if request.acceptance is not None:  # the same model on the agents' side of the layers
+            acceptance = Acceptance.model_validate(request.acceptance.model_dump(mode="json"))
+        inp = VerifyInput(**deployment.model_dump(), acceptance=acceptance)
+        result = await workflow.execute_activity_method(DeployAgent.verify, inp, **presets.stage(presets.QUICK))
         if not result.healthy or not result.release_matches:
             raise self._run.fail_stage("verify_deployment", result.detail or "the deployment is not healthy")
 
@@ -137,6 +203,8 @@ class DevSecOpsPipelineWorkflow:
             await run.failed("setup_monitoring", warning)
             return
         run.view.outputs["monitoring"] = setup.target
+        for warning in setup.warnings:  # e.g. promtool missing: the alert rules were written unchecked
+            run.warn(f"setup_monitoring: {warning}")
         run.on_failure(
             "teardown_monitoring",
             lambda: workflow.execute_activity_method(SREAgent.teardown_monitoring, ref, **presets.COMPENSATION),

@@ -17,3 +17,5 @@ bench_app = typer.Typer(help="Benchmarks, reported as ratios against a baseline 
 app.add_typer(bench_app, name="bench")
 dlq_app = typer.Typer(help="Events the bridge could not use, kept with their reason.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
+deployments_app = typer.Typer(help="The releases runs deployed: list them, stop one.", no_args_is_help=True)
+app.add_typer(deployments_app, name="deployments")

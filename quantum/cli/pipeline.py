@@ -1,4 +1,4 @@
-"""``quantum pipeline request|status|list|cancel``."""
+"""``quantum pipeline request|status|show|list|cancel``."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from quantum.cli.errors import USAGE, CliError, run
 from quantum.cli.output import console, fail, fail_listing, say
 from quantum.cli.params import RunId, describe_options
 from quantum.cli.runs import ending, fetch_status, follow, has_ended, temporal_status, wait_for_run
+from quantum.findings import FindingsUnavailable, findings_table, read_findings, sarif_path
 from quantum.requests import RequestError, load_model
 from quantum.settings import Settings
 from quantum.views import plain, result_panel, runs_table, summary
@@ -123,6 +124,32 @@ def pipeline_status(
         console.print_json(view.model_dump_json())
     else:
         console.print(result_panel(view, settings.temporal_ui_url, settings.temporal_namespace))
+
+
+@pipeline_app.command("show")
+def pipeline_show(
+    pipeline_id: RunId,
+    findings: Annotated[
+        bool, typer.Option("--findings", help="Also list the security findings (from the run's SARIF report).")
+    ] = False,
+) -> None:
+    """Show a run's status and, with --findings, its security findings (new, unchanged, fixed)."""
+    settings = load_settings()
+
+    async def go() -> RunStatusView:
+        client = await client_for(settings)
+        return await fetch_status(client.get_workflow_handle(pipeline_id))
+
+    view = run(go(), settings)
+    console.print(result_panel(view, settings.temporal_ui_url, settings.temporal_namespace))
+    if findings:
+        path = sarif_path(settings.data_path, pipeline_id)
+        try:
+            rows = read_findings(path)
+        except FindingsUnavailable as err:
+            fail(str(err))
+        console.print(findings_table(rows))
+        say("SARIF report: ", plain(path, one_line=True))
 
 
 @pipeline_app.command("list")

@@ -227,7 +227,7 @@ async def test_bandit_finds_no_criticals_in_the_patterns(workspaces: Workspaces)
     for pattern, prompt in PROMPTS.items():
         _, rid, _ = await generate(workspaces, prompt)
         report = await env.run(scanner.scan, ScanInput(run_id=rid))
-        assert report.tools == ["bandit"]
+        assert report.tools == ["bandit", "detect-secrets"]
         assert report.criticals == 0, (pattern, report.findings)
 
 
@@ -285,12 +285,15 @@ async def test_provision_then_destroy_for_real(tmp_path: Path, nats_url: str) ->
     assert (tmp_path / "infra" / project / "files").is_dir()
     assert stream_name(project, "jobs") in await stream_names(nats_url)
 
-    # a second run sees them as someone else's: HIGH, and it may not take them over
+    # a second run of the project finds them in its state: nothing to do
     other = await env.run(agent.plan, plan_input(run_id(), project, "dev", *specs))
-    assert other.impact == "HIGH" and {c.action for c in other.changes} == {"update"}
+    assert other.impact == "LOW" and {c.action for c in other.changes} == {"noop"}
+    # another project's run finds a directory it does not own where its own would go: refused, not taken over
+    (tmp_path / "infra" / "q").mkdir(parents=True)
+    (tmp_path / "infra" / "q" / "files").mkdir()
     with pytest.raises(ApplicationError) as info:
-        await env.run(agent.provision, other)
-    assert info.value.type == "InvalidRequest"
+        await env.run(agent.plan, plan_input(run_id(), "q", "dev", specs[0]))
+    assert info.value.type == "InvalidRequest" and "not in the state" in str(info.value)
 
     destroyed = await env.run(agent.destroy, RunRef(run_id=rid))
     assert len(destroyed.removed) == 2
@@ -370,9 +373,7 @@ async def test_monitoring_refuses_a_target_without_metrics(tmp_path: Path) -> No
             MonitoringInput(run_id=run_id(), project="d", environment="dev", deployment_url=f"http://127.0.0.1:{port}"),
         )
     assert info.value.type == "ToolFailure"
-    assert not (tmp_path / "monitoring" / "targets").exists() or not any(
-        (tmp_path / "monitoring" / "targets").iterdir()
-    )
+    assert not (tmp_path / "monitoring").exists() or not any(p.is_file() for p in (tmp_path / "monitoring").rglob("*"))
 
 
 async def test_generated_code_carries_an_in_toto_provenance_statement(workspaces: Workspaces) -> None:

@@ -260,8 +260,9 @@ async def test_one_run_never_destroys_another_runs_files_or_deployment(workspace
     try:
         for rid in ("coll:2", "coll_2"):
             await env.run(agent.generate_code, GenerateCodeInput(run_id=rid, project="blog", prompt=SLUGIFY))
+            environment = f"dev{len(deployments)}"  # in one environment, the second deploy supersedes the first
             deployments[rid] = await env.run(
-                deployer.deploy, DeployInput(run_id=rid, project="blog", environment="dev", release=rid)
+                deployer.deploy, DeployInput(run_id=rid, project="blog", environment=environment, release=rid)
             )
             await env.run(
                 sre.setup_monitoring,

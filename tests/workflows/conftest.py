@@ -19,7 +19,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from agents.infra import stream_name
+from agents.infra import project_dir, stream_name
 from events.models import PipelineRequest
 from quantum.settings import Settings
 from quantum.worker import Agents, activity_name, build_agents, new_worker
@@ -48,11 +48,11 @@ class Harness:
         self.task_queue = f"test-{uuid.uuid4()}"
         self.project = f"app-{uuid.uuid4().hex[:8]}"  # streams live on the session's NATS: one name per test
 
-    def stream(self, name: str) -> str:
-        return stream_name(self.project, name)
+    def stream(self, name: str, environment: str = "dev") -> str:
+        return stream_name(self.project, name, environment)
 
-    def infra_dir(self, name: str) -> Path:
-        return self.settings.data_path / "infra" / self.project / name
+    def infra_dir(self, name: str, environment: str = "dev") -> Path:
+        return project_dir(self.settings.data_path / "infra", self.project, environment) / name
 
     @asynccontextmanager
     async def worker(self, *replacements: Callable[..., Any]) -> AsyncIterator[None]:

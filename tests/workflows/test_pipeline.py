@@ -12,6 +12,7 @@ import pytest
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError, CancelledError
 
+from agents.sre import SREAgent
 from agents.workspace import Workspaces
 from events.models import ReviewDecision
 from workflows.models import PIPELINE_STAGES
@@ -103,6 +104,19 @@ async def test_happy_path_runs_all_stages_for_real(harness: Harness) -> None:
     assert await stream_exists(harness.settings.nats_url, harness.stream("audit"))
     assert port_answers(str(view.outputs["deployment_url"]))
     assert list((harness.settings.data_path / "monitoring").rglob(f"*{handle.id}*"))
+
+
+async def test_unchecked_alert_rules_are_a_warning_of_the_run(harness: Harness) -> None:
+    """Without promtool the rules are written unchecked, and the run says so rather than pretending."""
+    unchecked = SREAgent(harness.settings.data_path / "monitoring", promtool="/nonexistent/promtool")
+    async with harness.worker(unchecked.setup_monitoring):
+        handle = await harness.start_pipeline()
+        result = await handle.result()
+        view = await status(handle)
+
+    assert result.status == "succeeded"
+    assert view.stages["setup_monitoring"] == "succeeded"
+    assert any("setup_monitoring: promtool not found" in w and "unchecked" in w for w in result.warnings)
 
 
 async def test_monitoring_failure_is_recorded_and_the_run_still_succeeds(harness: Harness) -> None:
@@ -309,7 +323,7 @@ async def test_prod_deploy_gate_rejected_compensates_everything_before_it(harnes
         ("cleanup_tests", "completed"),
         ("cleanup_code", "completed"),
     ]
-    assert not (harness.infra_dir("x")).exists()
+    assert not (harness.infra_dir("x", "prod")).exists()
 
 
 async def test_prod_deploy_gate_times_out(harness: Harness) -> None:
@@ -366,7 +380,7 @@ async def test_cancellation_compensates_and_ends_cancelled(harness: Harness) -> 
         await wait_for_gate(handle, "infra")
         await handle.signal("review", approve("infra"))
         await wait_for_gate(handle, "deploy")
-        assert await stream_exists(harness.settings.nats_url, harness.stream("audit"))
+        assert await stream_exists(harness.settings.nats_url, harness.stream("audit", "prod"))
         await handle.cancel()
         with pytest.raises(WorkflowFailureError) as info:
             await handle.result()
@@ -378,7 +392,7 @@ async def test_cancellation_compensates_and_ends_cancelled(harness: Harness) -> 
         ("cleanup_tests", "completed"),
         ("cleanup_code", "completed"),
     ]
-    assert not await stream_exists(harness.settings.nats_url, harness.stream("audit"))
+    assert not await stream_exists(harness.settings.nats_url, harness.stream("audit", "prod"))
 
 
 async def test_cancellation_during_a_running_stage(harness: Harness) -> None:

@@ -90,11 +90,11 @@ async def test_infra_high_impact_waits_for_the_gate(harness: Harness) -> None:
         )
         view = await wait_for_gate(handle, "infra")
         assert view.stages["provision_infra"] == "awaiting_review"
-        assert not (harness.infra_dir("cache")).exists()
+        assert not (harness.infra_dir("cache", "prod")).exists()
         await handle.signal("review", ReviewDecision(gate="infra", reviewer="bob", approved=True))
         result = await handle.result()
     assert result.status == "succeeded"
-    assert (harness.infra_dir("cache")).is_dir()
+    assert (harness.infra_dir("cache", "prod")).is_dir()
 
 
 async def test_infra_provision_failure_destroys_what_was_provisioned(harness: Harness) -> None:

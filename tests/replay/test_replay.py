@@ -6,8 +6,9 @@ raises ``NondeterminismError`` here. To record new histories after an intended, 
     QUANTUM_RECORD_HISTORIES=1 python -m pytest tests/workflows/test_record_histories.py
 
 Histories named ``v1-*`` were recorded before runs published outbound events, ``v2-*`` before compensations waited
-for a cancelled activity to stop and before reviewer names were compared normalised; keep them: they prove that runs
-in flight across those changes still replay (through ``workflow.patched``). The ``*-repair*`` histories are model
+for a cancelled activity to stop and before reviewer names were compared normalised, ``v3-*`` before the release's
+findings were recorded and infrastructure had a state and project chains; keep them: they prove that runs in
+flight across those changes still replay (through ``workflow.patched``). The ``*-repair*`` histories are model
 runs of the repair loop (recorded against a scripted OpenAI-compatible server), ``codegen-tested`` a code generation
 with tests on.
 """
@@ -39,6 +40,7 @@ def test_histories_are_recorded() -> None:
     assert {"codegen-succeeded", "codegen-tested"} <= names
     assert {f"v1-{kind}" for kind in kinds} <= names
     assert {f"v2-{kind}" for kind in kinds} <= names
+    assert {f"v3-{kind}" for kind in kinds} | {"infra-chained"} <= names
 
 
 @pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])

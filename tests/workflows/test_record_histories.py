@@ -89,6 +89,18 @@ async def test_record(harness: Harness) -> None:
         await handle.result()
         await save(handle, "infra-succeeded")
 
+        chained = [
+            {"kind": "stream", "name": "audit", "from_project": f"{harness.project}-c"},
+            {"kind": "directory", "name": "work", "depends_on": ["audit"]},
+        ]
+        handle = await harness.start(
+            "InfraProvisionWorkflow",
+            {"project": f"{harness.project}-e", "requested_by": "alice", "resources": chained},
+            prefix="infra",
+        )
+        await handle.result()
+        await save(handle, "infra-chained")
+
     async with harness.worker(failing("deploy.verify"), failing("infra.destroy")):
         # another project: the first run's resources still exist and would make this plan HIGH
         handle = await harness.start_pipeline(project=f"{harness.project}-b", infrastructure=infra)

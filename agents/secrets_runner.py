@@ -31,9 +31,8 @@ def main(files: list[str]) -> dict[str, Any]:
     unreadable: list[dict[str, str]] = []
     with default_settings():
         get_settings().disable_filters(ALLOWLIST_FILTER)
-        plugins: dict[str, str] = {
-            kind: plugin.__name__ for kind, plugin in get_mapping_from_secret_type_to_class().items()
-        }
+        mapping: dict[str, Any] = dict(get_mapping_from_secret_type_to_class())
+        plugins: dict[str, str] = {kind: plugin.__name__ for kind, plugin in mapping.items()}
         for name in files:
             try:
                 with open(name, encoding="utf-8") as handle:

@@ -28,6 +28,7 @@ async def save(handle: Any, name: str) -> None:
     history = await handle.fetch_history()
     HISTORIES.mkdir(parents=True, exist_ok=True)
     (HISTORIES / f"{name}.json").write_text(json.dumps(json.loads(history.to_json()), indent=1) + "\n")
+    (HISTORIES / f"{name}.workflow-id").write_text(handle.id + "\n")
 
 
 async def test_record(harness: Harness) -> None:

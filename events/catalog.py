@@ -14,7 +14,6 @@ from events.models import (
     InfraRequest,
     Person,
     PipelineRequest,
-    ReviewDecision,
     ReviewInput,
 )
 
@@ -33,9 +32,6 @@ class ReviewSubmitted(ReviewInput):
     model_config = ConfigDict(extra="forbid")
 
     pipeline_id: InboundRunId
-
-    def decision(self) -> ReviewDecision:
-        return ReviewDecision(gate=self.gate, reviewer=self.reviewer, approved=self.approved, comment=self.comment)
 
 
 class CancelRequested(_Data):

@@ -43,6 +43,10 @@ MAX_REVIEWERS = 50
 MAX_NAME_CHARS = 100
 MAX_COMMENT_CHARS = 2000
 MAX_GATE_CHARS = 32
+MAX_DIGEST_CHARS = 128
+MAX_SIGNATURE_CHARS = 200
+MAX_NONCE_CHARS = 128
+MAX_EXPIRY_CHARS = 64
 MAX_GATE_TIMEOUT_SECONDS = 30 * 24 * 60 * 60
 MAX_STREAM_BYTES = 1024**4
 RESERVED_SUBJECT_PREFIXES = ("quantum.", "$", "_INBOX.", "*.", ">.")
@@ -511,6 +515,10 @@ class ReviewDecision(BaseModel):
     reviewer: str
     approved: bool
     comment: str = ""
+    digest: str | None = Field(default=None, description="The sha256 of what the gate asks about, as reviewed.")
+    signature: str | None = Field(default=None, description="Ed25519 over the canonical form, base64.")
+    nonce: str | None = Field(default=None, description="Unique per signed review: a replay is refused.")
+    expires_at: str | None = Field(default=None, description="ISO 8601 with a time zone: refused after it.")
 
     def problem(self) -> str | None:
         """Why this review cannot be taken whoever sent it (a missing name, a field over its bound), or None."""
@@ -524,7 +532,23 @@ class ReviewDecision(BaseModel):
             return "the reviewer name contains a control character"
         if len(self.comment) > MAX_COMMENT_CHARS:
             return f"the comment is {len(self.comment)} characters long, over the {MAX_COMMENT_CHARS} limit"
+        for field, limit in _REVIEW_EXTRAS.items():
+            value = getattr(self, field)
+            if value is not None and len(value) > limit:
+                return f"the {field} is {len(value)} characters long, over the {limit} limit"
         return None
+
+    def signed_part(self) -> dict[str, Any]:
+        """The optional fields that bind and authenticate the review, those given."""
+        return {name: getattr(self, name) for name in _REVIEW_EXTRAS if getattr(self, name) is not None}
+
+
+_REVIEW_EXTRAS = {
+    "digest": MAX_DIGEST_CHARS,
+    "signature": MAX_SIGNATURE_CHARS,
+    "nonce": MAX_NONCE_CHARS,
+    "expires_at": MAX_EXPIRY_CHARS,
+}
 
 
 class ReviewInput(BaseModel):
@@ -536,6 +560,25 @@ class ReviewInput(BaseModel):
     reviewer: Person
     approved: bool
     comment: Comment = ""
+    digest: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = Field(
+        default=None, description="The sha256 (hex) of what the gate asks about, as the reviewer saw it."
+    )
+    signature: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/=]{1,200}$")] | None = Field(
+        default=None, description="Ed25519 signature (base64) of the canonical form, where the deployment asks."
+    )
+    nonce: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,128}$")] | None = None
+    expires_at: Annotated[str, StringConstraints(min_length=1, max_length=MAX_EXPIRY_CHARS)] | None = Field(
+        default=None, description="ISO 8601 with a time zone; the review is refused after it."
+    )
 
     def decision(self) -> ReviewDecision:
-        return ReviewDecision(gate=self.gate, reviewer=self.reviewer, approved=self.approved, comment=self.comment)
+        return ReviewDecision(
+            gate=self.gate,
+            reviewer=self.reviewer,
+            approved=self.approved,
+            comment=self.comment,
+            digest=self.digest,
+            signature=self.signature,
+            nonce=self.nonce,
+            expires_at=self.expires_at,
+        )

@@ -9,6 +9,7 @@ from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
 from nats.js.errors import BadRequestError
 
+from events.audit import AUDIT_STREAM, AUDIT_SUBJECTS, MAX_RECORD_BYTES
 from events.envelope import DLQ_SUBJECT
 
 log = logging.getLogger(__name__)
@@ -18,18 +19,23 @@ DLQ_STREAM = "QUANTUM_DLQ"
 EVENTS_SUBJECTS = "quantum.events.>"
 DLQ_SUBJECTS = "quantum.dlq.>"
 
-__all__ = ["DLQ_STREAM", "DLQ_SUBJECT", "EVENTS_STREAM", "StreamLimits", "ensure_streams"]
+__all__ = ["AUDIT_STREAM", "DLQ_STREAM", "DLQ_SUBJECT", "EVENTS_STREAM", "StreamLimits", "ensure_streams"]
 
 
 @dataclass(frozen=True)
 class StreamLimits:
-    """Retention of the two streams; the duplicate window is how long a repeated event id is dropped."""
+    """Retention of the streams; the duplicate window is how long a repeated event (or record) id is dropped.
+
+    The audit stream keeps its records for ever (no max age) and, once full, refuses new records rather than
+    erasing old ones; messages cannot be deleted from it nor the stream purged through the API.
+    """
 
     duplicate_window_seconds: float = 120.0
     events_max_age_seconds: float = 7 * 24 * 3600
     events_max_bytes: int = 1024**3
     dlq_max_age_seconds: float = 30 * 24 * 3600
     dlq_max_bytes: int = 256 * 1024**2
+    audit_max_bytes: int = 1024**3
 
 
 def stream_configs(limits: StreamLimits) -> list[StreamConfig]:
@@ -53,11 +59,24 @@ def stream_configs(limits: StreamLimits) -> list[StreamConfig]:
             max_bytes=limits.dlq_max_bytes,
             description="Events that could not be used, with the reason in a header",
         ),
+        StreamConfig(
+            name=AUDIT_STREAM,
+            subjects=[AUDIT_SUBJECTS],
+            storage=StorageType.FILE,
+            duplicate_window=limits.duplicate_window_seconds,
+            max_age=0,
+            max_bytes=limits.audit_max_bytes,
+            max_msg_size=2 * MAX_RECORD_BYTES,
+            discard=DiscardPolicy.NEW,
+            deny_delete=True,
+            deny_purge=True,
+            description="Every review of every run, one hash chain per run (events/audit.py)",
+        ),
     ]
 
 
 async def ensure_streams(js: JetStreamContext, limits: StreamLimits | None = None) -> None:
-    """Create both streams, or update them to ``limits``; running it again changes nothing."""
+    """Create the streams, or update them to ``limits``; running it again changes nothing."""
     for config in stream_configs(limits or StreamLimits()):
         try:
             await js.add_stream(config)

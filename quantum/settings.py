@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     events_max_bytes: int = Field(default=1024**3, gt=0)
     dlq_max_age_seconds: float = Field(default=30 * 24 * 3600, gt=0)
     dlq_max_bytes: int = Field(default=256 * 1024**2, gt=0)
+    audit_max_bytes: int = Field(default=1024**3, gt=0, description="QUANTUM_AUDIT refuses new records when full.")
     max_event_bytes: int = Field(default=256 * 1024, gt=0, description="Larger inbound events go to the DLQ.")
     bridge_consumer: str = "quantum-bridge"
     bridge_batch: int = Field(default=64, ge=1, le=1000)
@@ -84,6 +85,14 @@ class Settings(BaseSettings):
     )
     promtool_bin: str = Field(
         default="promtool", description="promtool checking QSRE's alert rules: a name on PATH or a path."
+    )
+    reviewer_keys: Path | None = Field(
+        default=None,
+        description="Reviewers' Ed25519 public keys: a directory of <name>.pub files (raw, base64 or PEM), one such "
+        "file, or a JSON file {name: base64 key}. When set, runs take only reviews signed by these keys.",
+    )
+    reviewer_key_file: Path | None = Field(
+        default=None, description="The Ed25519 private key (PEM or raw 32 bytes) `quantum review` signs with."
     )
 
     def llm_config(self) -> LLMConfig | None:
@@ -118,6 +127,7 @@ class Settings(BaseSettings):
             events_max_bytes=self.events_max_bytes,
             dlq_max_age_seconds=self.dlq_max_age_seconds,
             dlq_max_bytes=self.dlq_max_bytes,
+            audit_max_bytes=self.audit_max_bytes,
         )
 
     def bridge_config(self) -> BridgeConfig:

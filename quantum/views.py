@@ -236,3 +236,59 @@ def event_line(event: Any) -> Text:
         detail = data
     line = plain(f"{when:<12}  ", style="dim", one_line=True) + plain(f"{kind:<34}", style="bold", one_line=True)
     return line + plain(f" {pipeline:<46} ", one_line=True) + plain(detail, one_line=True)
+
+
+REVIEW_BRIEF: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    (
+        "tests",
+        (
+            ("tests_passed", "passed"),
+            ("tests_failed", "failed"),
+            ("coverage", "line coverage %"),
+            ("mutation_score", "mutation score"),
+            ("acceptance_passed", "acceptance passed"),
+            ("acceptance_total", "acceptance checks"),
+            ("isolation", "isolation"),
+        ),
+    ),
+    (
+        "security",
+        (
+            ("findings", "findings"),
+            ("findings_critical", "critical"),
+            ("findings_high", "high"),
+            ("new_findings", "new since the last release"),
+            ("fixed_findings", "fixed since the last release"),
+        ),
+    ),
+    (
+        "infra plan",
+        (
+            ("infra_impact", "impact"),
+            ("infra_changes", "changes"),
+            ("infra_references", "references"),
+            ("infra_resources", "provisioned"),
+        ),
+    ),
+    ("release", (("release", "digest"), ("deployment_url", "deployed at"))),
+)
+"""What a reviewer looks at before deciding, as ``quantum pipeline show`` lists it: (section, ((output, label)...))."""
+
+
+def reviewer_brief(view: RunStatusView) -> Table:
+    """What a reviewer needs at a glance: test results, security findings, the infra plan and the digests, each
+    named even when the run has not produced it yet (``—``); then the digest each gate asks about, if any."""
+    table = Table(title=Text("for the reviewer"), title_justify="left", show_header=False)
+    table.add_column("section", style="bold")
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+    for section, rows in REVIEW_BRIEF:
+        for number, (key, label) in enumerate(rows):
+            value = view.outputs.get(key)
+            shown = plain(value) if value is not None else Text("—", style="dim")
+            table.add_row(section if number == 0 else "", label, shown)
+    gate_digests = getattr(view, "gate_digests", None)  # what each gate asks about, where the run says it
+    if isinstance(gate_digests, dict):
+        for number, (gate, digest) in enumerate(sorted(gate_digests.items())):
+            table.add_row("gate digests" if number == 0 else "", plain(gate, one_line=True), plain(digest))
+    return table

@@ -19,11 +19,13 @@ from agents.infra import InfraAgent
 from agents.library import PatternLibrary
 from agents.llm import LLMGateway
 from agents.patterns import COLLECTION, HashingEmbedder, PatternStore, open_client
+from agents.reviewers import ReviewerKeysAgent
 from agents.sandbox import Sandbox
 from agents.security import SecurityAgent
 from agents.sre import SREAgent
 from agents.testgen import TestgenAgent
 from agents.workspace import Workspaces
+from events.audit import AuditRecorder
 from events.publisher import EventPublisher
 from quantum.heartbeat import HeartbeatInterceptor
 from quantum.settings import Settings
@@ -41,6 +43,8 @@ class Agents:
     deploy: DeployAgent
     sre: SREAgent
     publisher: EventPublisher
+    audit: AuditRecorder
+    reviewers: ReviewerKeysAgent
 
     def activities(self) -> list[Callable[..., Any]]:
         gathered = [
@@ -51,6 +55,8 @@ class Agents:
             *self.deploy.activities(),
             *self.sre.activities(),
             *self.publisher.activities(),
+            *self.audit.activities(),
+            *self.reviewers.activities(),
         ]
         return check_unique(gathered)
 
@@ -58,6 +64,7 @@ class Agents:
         """Stop what the agents keep running in this process (the embedded stack's deployments), disconnect."""
         self.deploy.stop_all()
         await self.publisher.close()
+        await self.audit.close()
         if self.codegen.store is not None:
             await self.codegen.store.close()
         if self.codegen.llm is not None:
@@ -79,6 +86,8 @@ def build_agents(settings: Settings, *, nats_url: str | None = None) -> Agents:
         deploy=DeployAgent(workspaces, data / "deployments", host=settings.deploy_host),
         sre=SREAgent(data / "monitoring", promtool=settings.promtool_bin),
         publisher=EventPublisher(nats_url or settings.nats_url),
+        audit=AuditRecorder(nats_url or settings.nats_url),
+        reviewers=ReviewerKeysAgent(settings.reviewer_keys),
     )
 
 

@@ -12,7 +12,7 @@ with workflow.unsafe.imports_passed_through():
     from agents.models import GenerateCodeInput
     from events.models import ApprovalPolicy, CodeRequest, ReviewDecision
     from workflows.build import Build, fingerprint, generate, validate
-    from workflows.models import CODEGEN_STAGES, TESTED_CODEGEN_STAGES, PipelineResult, RunStatusView
+    from workflows.models import CODEGEN_STAGES, TESTED_CODEGEN_STAGES, PipelineResult, ReviewVerdict, RunStatusView
     from workflows.saga import Run
 
 
@@ -60,6 +60,16 @@ class CodeGenerationWorkflow:
     def review(self, decision: ReviewDecision) -> None:
         """Code generation has no gates: every review is refused and recorded."""
         self._run.review(decision)
+
+    @workflow.update(name="review")
+    def review_update(self, decision: ReviewDecision) -> ReviewVerdict:
+        """The review as an Update: refused by the validator (nothing recorded in the history, the caller sees the
+        reason), or applied and answered with the verdict."""
+        return self._run.review_update(decision)
+
+    @review_update.validator
+    def validate_review(self, decision: ReviewDecision) -> None:
+        self._run.validate_review(decision)
 
     @workflow.query(name="status")
     def status(self) -> RunStatusView:

@@ -17,7 +17,8 @@ with workflow.unsafe.imports_passed_through():
     from agents.models import DeclaredInput, InfraPlan, PlanInfraInput, ProvisionResult, ResourceSpec, RunRef
     from events.models import InfraRequest, InfraResource, ReviewDecision
     from workflows import presets
-    from workflows.models import INFRA_STAGES, PipelineResult, RunStatusView
+    from workflows.models import INFRA_STAGES, PipelineResult, ReviewVerdict, RunStatusView
+    from workflows.reviews import digest_of
     from workflows.saga import Run
 
 
@@ -91,7 +92,12 @@ async def plan(run: Run, inp: PlanInfraInput) -> InfraPlan:
 async def gate_if_high(run: Run, infra_plan: InfraPlan) -> None:
     """A HIGH-impact plan waits at the ``infra`` gate for the quorum its policy asks."""
     if infra_plan.impact == "HIGH":
-        await run.gate("infra", "provision_infra", reason="; ".join(infra_plan.reasons) or "impact HIGH")
+        await run.gate(
+            "infra",
+            "provision_infra",
+            reason="; ".join(infra_plan.reasons) or "impact HIGH",
+            digest=digest_of(infra_plan.model_dump(mode="json")),
+        )
 
 
 async def provision(run: Run, infra_plan: InfraPlan) -> ProvisionResult:
@@ -143,6 +149,16 @@ class InfraProvisionWorkflow:
     @workflow.signal(name="review")
     def review(self, decision: ReviewDecision) -> None:
         self._run.review(decision)
+
+    @workflow.update(name="review")
+    def review_update(self, decision: ReviewDecision) -> ReviewVerdict:
+        """The review as an Update: refused by the validator (nothing recorded in the history, the caller sees the
+        reason), or applied and answered with the verdict."""
+        return self._run.review_update(decision)
+
+    @review_update.validator
+    def validate_review(self, decision: ReviewDecision) -> None:
+        self._run.validate_review(decision)
 
     @workflow.query(name="status")
     def status(self) -> RunStatusView:

@@ -57,6 +57,13 @@ class AuditEntry(BaseModel):
     comment: str = ""
     accepted: bool
     reason: str = ""
+    digest: str = Field(default="", description="The digest the review named (empty: none).")
+    nonce: str = Field(default="", description="The nonce of a signed review (empty: none).")
+    identity: str = Field(
+        default="",
+        description="How the reviewer was known: 'ed25519:<key name>' (signature verified with that key) or "
+        "'unauthenticated' (no keys configured: the name as given). Empty on refusals before it was looked at.",
+    )
 
 
 class AttemptRecord(BaseModel):
@@ -83,6 +90,9 @@ class RunStatusView(BaseModel):
     stages: dict[str, StageState] = Field(default_factory=dict)
     gates: dict[str, GateState] = Field(default_factory=dict)
     approvals: dict[str, list[str]] = Field(default_factory=dict)
+    gate_digests: dict[str, str] = Field(
+        default_factory=dict, description="The sha256 of what each opened gate asks about; reviews may name it."
+    )
     compensations: list[CompensationRecord] = Field(default_factory=list)
     audit: list[AuditEntry] = Field(default_factory=list)
     audit_dropped: int = Field(default=0, description="Refused reviews left out of ``audit`` to keep it bounded.")
@@ -101,3 +111,15 @@ class PipelineResult(BaseModel):
     status: RunStatus
     outputs: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
+
+
+class ReviewVerdict(BaseModel):
+    """What the ``review`` Update returns for an accepted review (a refused one fails the Update with the reason)."""
+
+    accepted: bool
+    gate: str
+    gate_state: GateState | None = None
+    approvals: list[str] = Field(default_factory=list, description="The gate's approvals so far, this one included.")
+    required_approvals: int = 1
+    identity: str = ""
+    reason: str = ""

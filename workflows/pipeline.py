@@ -26,7 +26,8 @@ with workflow.unsafe.imports_passed_through():
     from events.models import PipelineRequest, ReviewDecision
     from workflows import infra, presets
     from workflows.build import Build, remember
-    from workflows.models import PIPELINE_STAGES, PipelineResult, RunStatusView
+    from workflows.models import PIPELINE_STAGES, PipelineResult, ReviewVerdict, RunStatusView
+    from workflows.reviews import digest_of
     from workflows.saga import Run, failure_message
 
 
@@ -52,6 +53,12 @@ def security_gate_reason(report: ScanReport, gate_at: str) -> str:
         for f in gating[:MAX_GATE_FINDINGS]
     ]
     return f"{reason}: {', '.join(worst)}"
+
+
+def security_digest(release: str, report: ScanReport) -> str:
+    """What the security gate asks about: the release and the fingerprints of its findings."""
+    prints = sorted(f.fingerprint or f"{f.rule_id}:{f.file}:{f.line}" for f in report.findings)
+    return digest_of({"release": release, "findings": prints})
 
 
 @workflow.defn(name="DevSecOpsPipelineWorkflow", failure_exception_types=[pydantic.ValidationError])
@@ -85,6 +92,16 @@ class DevSecOpsPipelineWorkflow:
     def review(self, decision: ReviewDecision) -> None:
         self._run.review(decision)
 
+    @workflow.update(name="review")
+    def review_update(self, decision: ReviewDecision) -> ReviewVerdict:
+        """The review as an Update: refused by the validator (nothing recorded in the history, the caller sees the
+        reason), or applied and answered with the verdict."""
+        return self._run.review_update(decision)
+
+    @review_update.validator
+    def validate_review(self, decision: ReviewDecision) -> None:
+        self._run.validate_review(decision)
+
     @workflow.query(name="status")
     def status(self) -> RunStatusView:
         return self._run.view
@@ -107,7 +124,9 @@ class DevSecOpsPipelineWorkflow:
             run.skip("provision_infra")
 
         if request.environment == "prod":
-            await run.gate("deploy", "deploy_application", reason="environment prod")
+            await run.gate(
+                "deploy", "deploy_application", reason="environment prod", digest=str(run.view.outputs["release"])
+            )
         release = str(run.view.outputs["release"])
         deployment = await run.stage("deploy_application", lambda: self._deploy(ref, request, release, code.module))
         await run.stage("verify_deployment", lambda: self._verify(deployment, request))
@@ -139,7 +158,12 @@ class DevSecOpsPipelineWorkflow:
             outputs["security_report"] = report.sarif
         gate_at = request.security_policy.gate_at.upper()
         if report.at_or_above(gate_at):
-            await self._run.gate("security", "security_scan", reason=security_gate_reason(report, gate_at))
+            await self._run.gate(
+                "security",
+                "security_scan",
+                reason=security_gate_reason(report, gate_at),
+                digest=security_digest(str(outputs.get("release", "")), report),
+            )
 
     async def _record_release(self, ref: RunRef, request: PipelineRequest, release: str) -> None:
         """Keep this release's findings as the baseline of its project and environment. A failure is a warning:

@@ -19,3 +19,7 @@ dlq_app = typer.Typer(help="Events the bridge could not use, kept with their rea
 app.add_typer(dlq_app, name="dlq")
 deployments_app = typer.Typer(help="The releases runs deployed: list them, stop one.", no_args_is_help=True)
 app.add_typer(deployments_app, name="deployments")
+audit_app = typer.Typer(help="The review audit trail (QUANTUM_AUDIT): check its hash chains.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+reviews_app = typer.Typer(help="Runs that wait for reviews.", no_args_is_help=True)
+app.add_typer(reviews_app, name="reviews")

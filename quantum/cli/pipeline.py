@@ -24,7 +24,7 @@ from quantum.cli.runs import ending, fetch_status, follow, has_ended, temporal_s
 from quantum.findings import FindingsUnavailable, findings_table, read_findings, sarif_path
 from quantum.requests import RequestError, load_model
 from quantum.settings import Settings
-from quantum.views import plain, result_panel, runs_table, summary
+from quantum.views import audit_table, plain, result_panel, reviewer_brief, runs_table, summary
 from workflows.models import RunStatusView
 
 CLI_SOURCE = "quantum-cli"
@@ -132,8 +132,12 @@ def pipeline_show(
     findings: Annotated[
         bool, typer.Option("--findings", help="Also list the security findings (from the run's SARIF report).")
     ] = False,
+    reviews: Annotated[
+        bool, typer.Option("--reviews/--no-reviews", help="List the reviews the run received so far.")
+    ] = True,
 ) -> None:
-    """Show a run's status and, with --findings, its security findings (new, unchanged, fixed)."""
+    """Show what a reviewer needs: the run's status, test results, findings, infra plan, digests and earlier
+    reviews; with --findings, each security finding (new, unchanged, fixed)."""
     settings = load_settings()
 
     async def go() -> RunStatusView:
@@ -141,7 +145,16 @@ def pipeline_show(
         return await fetch_status(client.get_workflow_handle(pipeline_id))
 
     view = run(go(), settings)
-    console.print(result_panel(view, settings.temporal_ui_url, settings.temporal_namespace))
+    without_reviews = view.model_copy(update={"audit": [], "audit_dropped": 0})  # shown in a section of their own
+    console.print(result_panel(without_reviews, settings.temporal_ui_url, settings.temporal_namespace))
+    console.print(reviewer_brief(view))
+    if reviews:
+        if view.audit:
+            console.print(audit_table(view))
+        if view.audit_dropped:
+            say(f"{view.audit_dropped} earlier refused reviews are not shown")
+        if not view.audit and not view.audit_dropped:
+            say("no reviews yet")
     if findings:
         path = sarif_path(settings.data_path, pipeline_id)
         try:

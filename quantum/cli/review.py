@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import secrets
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from pydantic import ValidationError
 from rich.prompt import Confirm, Prompt
 from rich.text import Text
-from temporalio.client import WorkflowHandle
+from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from events import signing
 from events.models import PipelineRequest, ReviewDecision, ReviewInput
 from quantum.cli.apps import app
 from quantum.cli.connect import client_for, load_settings
@@ -20,20 +29,97 @@ from quantum.cli.output import console, error_line, fail, say
 from quantum.cli.params import RunId, describe_options
 from quantum.cli.runs import TERMINAL, GateHandler, ending, fetch_status, has_ended
 from quantum.views import plain
-from workflows.models import AuditEntry, RunStatusView
+from workflows.models import AuditEntry, ReviewVerdict, RunStatusView
+from workflows.reviews import REFUSED
 
-REVIEW_OPTIONS = {"gate": "--gate", "reviewer": "--reviewer", "comment": "--comment", "approved": "--approve/--reject"}
+REVIEW_OPTIONS = {
+    "gate": "--gate",
+    "reviewer": "--reviewer",
+    "comment": "--comment",
+    "approved": "--approve/--reject",
+    "digest": "--digest",
+}
 TOO_LATE = "reviews are taken only while a gate is pending"
 RECORD_WAIT_SECONDS = 30.0
+SIGNATURE_LIFETIME = timedelta(minutes=10)
 
 
-def review_input(gate: str, reviewer: str, approved: bool, comment: str) -> ReviewInput:
+def review_input(gate: str, reviewer: str, approved: bool, comment: str, digest: str | None = None) -> ReviewInput:
     """The review as given, checked as the bus checks ``quantum.review.submitted``; a :class:`CliError` (usage)
     naming each option that is wrong otherwise."""
     try:
-        return ReviewInput(gate=gate, reviewer=reviewer, approved=approved, comment=comment)
+        return ReviewInput(gate=gate, reviewer=reviewer, approved=approved, comment=comment, digest=digest)
     except ValidationError as err:
         raise CliError(describe_options(err, REVIEW_OPTIONS), USAGE) from None
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    """The reviewer's Ed25519 private key: PEM (PKCS#8), 32 raw bytes, or their base64."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CliError(f"cannot read the reviewer key file {path}: {err.strerror or err}") from None
+    try:
+        if data.strip().startswith(b"-----BEGIN"):
+            key = load_pem_private_key(data.strip(), password=None)
+            if not isinstance(key, Ed25519PrivateKey):
+                raise ValueError("not an Ed25519 private key")
+            return key
+        raw = data if len(data) == 32 else base64.b64decode(data.strip(), validate=True)
+        return Ed25519PrivateKey.from_private_bytes(raw)
+    except (ValueError, TypeError, binascii.Error) as err:
+        raise CliError(f"the reviewer key file {path} is not an Ed25519 private key: {err}") from None
+
+
+def signed(decision: ReviewDecision, run_id: str, key: Ed25519PrivateKey, now: datetime) -> ReviewDecision:
+    """``decision`` with a fresh nonce, an expiry and the signature of its canonical form for ``run_id``."""
+    fields = decision.model_dump()
+    fields.update(nonce=secrets.token_urlsafe(18), expires_at=(now + SIGNATURE_LIFETIME).isoformat())
+    message = signing.canonical(
+        run_id=run_id,
+        gate=fields["gate"],
+        digest=fields["digest"],
+        reviewer=fields["reviewer"],
+        approved=fields["approved"],
+        comment=fields["comment"],
+        nonce=fields["nonce"],
+        expires_at=fields["expires_at"],
+    )
+    fields["signature"] = signing.sign(key, message)
+    return ReviewDecision.model_validate(fields)
+
+
+async def review_by_update(
+    handle: WorkflowHandle[Any, Any], decision: ReviewDecision, key: Ed25519PrivateKey | None
+) -> ReviewVerdict | AuditEntry:
+    """Send ``decision`` as the ``review`` Update (bound to the gate's digest, signed with ``key`` when given) and
+    return the run's verdict at once, or a refused entry with the run's reason (the run recorded nothing). A run
+    that predates the Update gets the signal (:func:`submit_review`) and the audit entry it recorded."""
+    view = await fetch_status(handle)
+    if view.status in TERMINAL:
+        raise has_ended(handle.id, view.status, TOO_LATE)
+    if decision.digest is None and decision.gate in view.gate_digests:
+        decision = decision.model_copy(update={"digest": view.gate_digests[decision.gate]})
+    if key is not None:
+        decision = signed(decision, handle.id, key, datetime.now(UTC))
+    try:
+        verdict: ReviewVerdict = await handle.execute_update("review", decision, result_type=ReviewVerdict)
+        return verdict
+    except WorkflowUpdateFailedError as err:
+        cause = err.cause
+        if isinstance(cause, ApplicationError) and cause.type == REFUSED:  # nothing was recorded in the run
+            return AuditEntry(
+                gate=decision.gate,
+                reviewer=decision.reviewer,
+                approved=decision.approved,
+                accepted=False,
+                reason=cause.message,
+            )
+    except RPCError as err:
+        if err.status != RPCStatusCode.NOT_FOUND or namespace_missing(err):
+            raise
+        raise has_ended(handle.id, await ending(handle), TOO_LATE) from None
+    return await submit_review(handle, decision)  # a run from before the Update
 
 
 def _ours(entry: AuditEntry, decision: ReviewDecision) -> bool:
@@ -70,32 +156,45 @@ def review(
     reviewer: Annotated[str, typer.Option(help="Your name, as the approval policy lists it.")],
     approve: Annotated[bool | None, typer.Option("--approve/--reject", help="Your decision.")] = None,
     comment: Annotated[str, typer.Option(help="Why.")] = "",
+    digest: Annotated[
+        str | None,
+        typer.Option(help="The sha256 of what you reviewed (`pipeline status` shows it); default: the gate's now."),
+    ] = None,
 ) -> None:
-    """Approve or reject a gate; says whether the run accepted the review, and why not."""
+    """Approve or reject a gate; says at once whether the run accepted the review, and why not.
+
+    Signed with the Ed25519 key of QUANTUM_REVIEWER_KEY_FILE when it is set.
+    """
     if approve is None:
         fail("say --approve or --reject", USAGE)
     try:
-        decision = review_input(gate, reviewer, approve, comment).decision()
+        decision = review_input(gate, reviewer, approve, comment, digest).decision()
     except CliError as err:
         fail(str(err), err.code)
     settings = load_settings()
 
-    async def go() -> AuditEntry:
+    async def go() -> ReviewVerdict | AuditEntry:
+        key = load_private_key(settings.reviewer_key_file) if settings.reviewer_key_file else None
         client = await client_for(settings)
-        return await submit_review(client.get_workflow_handle(pipeline_id), decision)
+        return await review_by_update(client.get_workflow_handle(pipeline_id), decision, key)
 
-    entry = run(go(), settings)
-    if entry.accepted:
-        say(
-            Text("accepted", style="green"),
-            f": {'approved' if approve else 'rejected'} gate '",
-            plain(decision.gate, one_line=True),
-            "' of ",
-            plain(pipeline_id, one_line=True),
-        )
-    else:
-        say(Text("refused", style="bold red"), ": ", plain(entry.reason, one_line=True), err=True)
+    outcome = run(go(), settings)
+    if isinstance(outcome, AuditEntry) and not outcome.accepted:
+        say(Text("refused", style="bold red"), ": ", plain(outcome.reason, one_line=True), err=True)
         raise typer.Exit(1)
+    parts: list[str | Text] = [
+        Text("accepted", style="green"),
+        f": {'approved' if approve else 'rejected'} gate '",
+        plain(decision.gate, one_line=True),
+        "' of ",
+        plain(pipeline_id, one_line=True),
+    ]
+    if isinstance(outcome, ReviewVerdict):
+        parts.append(
+            f" ({outcome.gate_state}, {len(outcome.approvals)} of {outcome.required_approvals} approvals; "
+            f"{outcome.identity})"
+        )
+    say(*parts)
 
 
 def auto_approver(request: PipelineRequest) -> GateHandler:

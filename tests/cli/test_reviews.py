@@ -47,11 +47,24 @@ async def send_refused_reviews(address: str, run_id: str, count: int) -> None:
         await handle.signal("review", ReviewDecision(gate="deploy", reviewer=f"stranger-{n}", approved=True))
 
 
+async def send_signal(address: str, run_id: str, decision: ReviewDecision) -> None:
+    client = await Client.connect(address, data_converter=pydantic_data_converter)
+    handle = client.get_workflow_handle(run_id)
+    await handle.signal("review", decision)
+    for _ in range(100):  # recorded a moment later
+        if (await handle.query("status"))["audit"]:
+            return
+        await asyncio.sleep(0.1)
+
+
 def test_a_reviewer_named_like_markup_is_shown_as_written(product: dict[str, str], waiting_run: str) -> None:
     env, run_id = product, waiting_run
     odd = quantum(env, "review", run_id, "--gate", "deploy", "--reject", "--reviewer", ODD, "--comment", MARKUP)
     assert odd.returncode == 1 and "Traceback" not in odd.stderr
     assert odd.stderr.strip() == f"refused: '{ODD}' is not a reviewer allowed by the approval policy"
+    # a refused Update leaves nothing in the run; the same review as a signal is recorded, refused, in its audit
+    decision = ReviewDecision(gate="deploy", reviewer=ODD, approved=False, comment=MARKUP)
+    asyncio.run(send_signal(env["QUANTUM_TEMPORAL_ADDRESS"], run_id, decision))
     shown = quantum(env, "pipeline", "status", run_id)
     assert shown.returncode == 0, shown.stderr
     assert ODD in shown.stdout and MARKUP in shown.stdout
@@ -65,6 +78,20 @@ def test_a_review_is_answered_past_the_bound_on_refused_reviews(product: dict[st
     assert late_stranger.returncode == 1
     assert late_stranger.stderr.strip() == "refused: 'stranger-x' is not a reviewer allowed by the approval policy"
     assert "earlier refused reviews are not shown" in quantum(env, "pipeline", "status", run_id).stdout
+
+
+def test_a_review_is_answered_at_once_with_the_verdict(product: dict[str, str], waiting_run: str) -> None:
+    """`quantum review` sends the Update: a review of other content is refused at once, one of the gate's content is
+    accepted with the gate's state, the approvals so far and how the reviewer was known."""
+    env, run_id = product, waiting_run
+    stale = quantum(env, "review", run_id, "--gate", "deploy", "--approve", "--reviewer", "erin", "--digest", "0" * 64)
+    assert stale.returncode == 1 and "Traceback" not in stale.stderr
+    assert stale.stderr.startswith("refused: the review names digest 000000000000") and "stale" in stale.stderr
+    ok = quantum(env, "review", run_id, "--gate", "deploy", "--approve", "--reviewer", "erin")
+    assert ok.returncode == 0, ok.stderr
+    shown = " ".join(ok.stdout.split())
+    assert shown.startswith("accepted: approved gate 'deploy'")
+    assert "(approved, 1 of 1 approvals; unauthenticated)" in shown
 
 
 def test_a_review_or_a_cancellation_of_an_ended_run_says_so(product: dict[str, str], tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ raises ``NondeterminismError`` here. To record new histories after an intended, 
 
 Histories named ``v1-*`` were recorded before runs published outbound events, ``v2-*`` before compensations waited
 for a cancelled activity to stop and before reviewer names were compared normalised, ``v3-*`` before the release's
-findings were recorded and infrastructure had a state and project chains; keep them: they prove that runs in
+findings were recorded and infrastructure had a state and project chains, ``v4-*`` before reviews were bound to a
+digest, signed and appended to the audit stream; keep them: they prove that runs in
 flight across those changes still replay (through ``workflow.patched``). The ``*-repair*`` histories are model
 runs of the repair loop (recorded against a scripted OpenAI-compatible server), ``codegen-tested`` a code generation
 with tests on.
@@ -41,6 +42,7 @@ def test_histories_are_recorded() -> None:
     assert {f"v1-{kind}" for kind in kinds} <= names
     assert {f"v2-{kind}" for kind in kinds} <= names
     assert {f"v3-{kind}" for kind in kinds} | {"infra-chained"} <= names
+    assert {f"v4-{kind}" for kind in kinds} | {"v4-infra-chained"} <= names
 
 
 def workflow_id(path: Path) -> str:

@@ -1,0 +1,145 @@
+"""The run's side of the audit trail in real workflow code, and ``quantum reviews pending`` against real runs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import uuid
+
+import nats
+import pytest
+from temporalio import workflow
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.worker import Worker
+
+from events.audit import AuditChain
+from events.models import ReviewDecision
+from quantum.audit import check, read_records
+from tests.cli.support import QUANTUM
+from tests.workflows.conftest import Harness, status, wait_for, wait_for_gate
+from workflows.audit_log import AuditLog
+from workflows.models import AuditEntry
+
+
+@workflow.defn(name="AuditTrailProbe", sandboxed=False)
+class AuditTrailProbe:
+    """Appends three reviews through :class:`AuditLog`, two of them at once, as review handlers would."""
+
+    @workflow.run
+    async def run(self, reviewers: list[str]) -> AuditChain:
+        log = AuditLog(workflow.info().workflow_id)
+        first, *rest = reviewers
+        assert await log.append(AuditEntry(gate="deploy", reviewer=first, approved=True, accepted=True)) is None
+        entries = [AuditEntry(gate="deploy", reviewer=r, approved=False, accepted=False, reason="no") for r in rest]
+        # started together, as concurrent review handlers would: the log appends them one at a time, in order
+        tasks = [asyncio.ensure_future(log.append(entry, digest="cd" * 32)) for entry in entries]
+        await log.drain()
+        assert all(t.done() and t.result() is None for t in tasks)
+        return log.chain
+
+
+async def test_a_run_appends_its_reviews_as_one_chain(client: Client, nats_url: str) -> None:
+    from events.audit import AuditRecorder
+
+    recorder = AuditRecorder(nats_url)
+    task_queue = f"audit-{uuid.uuid4()}"
+    try:
+        async with Worker(client, task_queue=task_queue, workflows=[AuditTrailProbe], activities=[recorder.append]):
+            handle = await client.start_workflow(
+                AuditTrailProbe.run,
+                ["erin", "bob", "carol"],
+                id=f"pipeline-probe-{uuid.uuid4()}",
+                task_queue=task_queue,
+            )
+            chain = await handle.result()
+    finally:
+        await recorder.close()
+    assert chain.index == 3
+    nc = await nats.connect(nats_url)
+    try:
+        stored = await read_records(nc, run_id=handle.id)
+    finally:
+        await nc.close()
+    verdict = check(stored)
+    assert verdict.intact, verdict.problems
+    assert [r.records for r in verdict.runs] == [3] and verdict.runs[0].head == chain.head
+
+
+def quantum(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(QUANTUM), *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def pending(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return quantum(env, "reviews", "pending")
+
+
+@pytest.mark.timeout(600)
+async def test_reviews_pending_lists_a_run_at_its_gate_and_not_one_that_ended(
+    harness: Harness, temporal_address: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUANTUM_")}
+    env.update(
+        QUANTUM_TEMPORAL_ADDRESS=temporal_address,
+        QUANTUM_NATS_URL=harness.settings.nats_url,
+        QUANTUM_DATA_DIR=str(harness.settings.data_path),
+        COLUMNS="400",
+    )
+    async with harness.worker():
+        waiting = await harness.start_pipeline(
+            environment="prod", approval_policy={"timeout_seconds": {"deploy": 3600}, "reviewers": ["erin"]}
+        )
+        finished = await harness.start(
+            "CodeGenerationWorkflow",
+            {"project": "slugs", "prompt": "a slugify helper for titles", "requested_by": "alice"},
+            prefix="codegen",
+        )
+        await finished.result()
+        await wait_for_gate(waiting, "deploy")
+
+        listed = await asyncio.to_thread(pending, env)
+        assert listed.returncode == 0, listed.stderr
+        row = next(line for line in listed.stdout.splitlines() if waiting.id in line)
+        assert "deploy" in row and "0/1" in row and "environment prod" in row
+        assert "59m" in row or "1h 00m" in row  # an hour's timeout, just opened
+        assert "(run start)" not in row  # since when the gate opened, from the run's history
+        assert finished.id not in listed.stdout
+
+        await waiting.signal("review", ReviewDecision(gate="deploy", reviewer="mallory", approved=True))
+        view = await wait_for(waiting, lambda v: len(v.audit) == 1)
+        shown = await asyncio.to_thread(quantum, env, "pipeline", "show", waiting.id)
+        assert shown.returncode == 0, shown.stderr
+        for what in ("for the reviewer", "line coverage %", "mutation score", "infra plan", "new since the last"):
+            assert what in shown.stdout, shown.stdout
+        assert str(view.outputs["release"]) in shown.stdout and str(view.outputs["coverage"]) in shown.stdout
+        assert "mallory" in shown.stdout and "not a reviewer allowed by the approval policy" in shown.stdout
+        quiet = await asyncio.to_thread(quantum, env, "pipeline", "show", waiting.id, "--no-reviews")
+        assert quiet.returncode == 0 and "mallory" not in quiet.stdout
+
+        await waiting.signal("review", ReviewDecision(gate="deploy", reviewer="erin", approved=False))
+        with pytest.raises(WorkflowFailureError):
+            await waiting.result()
+        assert (await status(waiting)).status == "rejected"
+        after = await asyncio.to_thread(pending, env)
+    assert after.returncode == 0, after.stderr
+    assert waiting.id not in after.stdout
+
+
+async def test_a_pipelines_reviews_go_to_the_audit_stream_as_one_intact_chain(harness: Harness, nats_url: str) -> None:
+    """Through the real gate: a refused review (the requester) and an approval, each appended once, in order."""
+    async with harness.worker():
+        handle = await harness.start_pipeline(environment="prod")
+        await wait_for_gate(handle, "deploy")
+        await handle.signal("review", ReviewDecision(gate="deploy", reviewer="alice", approved=True))
+        await handle.signal("review", ReviewDecision(gate="deploy", reviewer="bob", approved=True))
+        await handle.result()
+        view = await status(handle)
+    nc = await nats.connect(nats_url)
+    try:
+        stored = await read_records(nc, run_id=handle.id)
+    finally:
+        await nc.close()
+    verdict = check(stored)
+    assert verdict.intact and verdict.records == 2, verdict.problems
+    assert [(e.reviewer, e.accepted) for e in view.audit] == [("alice", False), ("bob", True)]
+    assert not any("audit stream" in w for w in view.warnings)

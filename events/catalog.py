@@ -71,6 +71,24 @@ class ReviewRequested(_Data):
     timeout_seconds: float
 
 
+class ReviewReminder(_Data):
+    """A gate has waited half its timeout: the reviewers are reminded."""
+
+    pipeline_id: RunId
+    gate: str
+    waited_seconds: float
+    timeout_seconds: float
+    approvals: int = 0
+    required_approvals: int = 1
+    reviewers: list[str] = Field(default_factory=list)
+
+
+class ReviewEscalated(ReviewReminder):
+    """A gate has waited 80 % of its timeout: the policy's escalation contacts are told."""
+
+    contacts: list[str] = Field(default_factory=list)
+
+
 class CompensationCompleted(_Data):
     pipeline_id: RunId
     step: str
@@ -152,6 +170,13 @@ OUTBOUND: dict[str, EventType] = {
         EventType("quantum.stage.completed", StageCompleted, "outbound", "A stage succeeded."),
         EventType("quantum.stage.failed", StageFailed, "outbound", "A stage failed."),
         EventType("quantum.review.requested", ReviewRequested, "outbound", "A gate waits for reviews."),
+        EventType("quantum.review.reminder", ReviewReminder, "outbound", "A gate has waited half its timeout."),
+        EventType(
+            "quantum.review.escalated",
+            ReviewEscalated,
+            "outbound",
+            "A gate has waited 80 % of its timeout: its escalation contacts are told.",
+        ),
         EventType(
             "quantum.compensation.completed",
             CompensationCompleted,

@@ -100,6 +100,19 @@ class ApprovalPolicy(_Strict):
     timeout_seconds: dict[Gate, Annotated[float, Field(gt=0, le=MAX_GATE_TIMEOUT_SECONDS)]] = Field(
         default_factory=dict
     )
+    escalation_contacts: list[Person] = Field(
+        default_factory=list,
+        max_length=MAX_REVIEWERS,
+        description="Told (quantum.review.escalated) when a gate has waited 80 % of its timeout.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _compatible(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Without ``escalation_contacts`` when there are none, so that workers from before it still decode it."""
+        data: dict[str, Any] = handler(self)
+        if not self.escalation_contacts:
+            data.pop("escalation_contacts", None)
+        return data
 
     def approvals_for(self, gate: str) -> int:
         return int(self.required_approvals.get(gate, 1))  # type: ignore[call-overload]

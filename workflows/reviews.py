@@ -30,7 +30,7 @@ from temporalio.exceptions import ApplicationError, FailureError
 with workflow.unsafe.imports_passed_through():
     from agents.reviewers import ReviewerKeys, ReviewerKeysAgent
     from events import signing
-    from events.catalog import ReviewRequested
+    from events.catalog import ReviewEscalated, ReviewReminder, ReviewRequested
     from events.models import GATES, ApprovalPolicy, ReviewDecision, normalise_identity
     from workflows import presets
     from workflows.audit_log import AuditLog
@@ -47,6 +47,11 @@ with workflow.unsafe.imports_passed_through():
 
 REVIEW_RULES_PATCH = "review-rules-normalised"
 """Runs recorded before it compared reviewer names as given and took reviews of any size."""
+REMINDERS_PATCH = "review-reminders"
+"""Runs recorded before gates sent a reminder at half their timeout and an escalation at 80 %."""
+REMINDER_AT = 0.5
+ESCALATION_AT = 0.8
+NUDGES = ((REMINDER_AT, "quantum.review.reminder"), (ESCALATION_AT, "quantum.review.escalated"))
 BOUND_REVIEWS_PATCH = "reviews-bound-and-signed"
 """Runs recorded before gates carried digests, loaded reviewers' keys and refused agent identities; taken once,
 when the run starts, so the ``review`` Update's validator (which may not call ``workflow.patched``) knows the rules."""
@@ -339,6 +344,39 @@ class Gates:
         )
         self.keys_loaded = True
 
+    async def _wait_with_reminders(self, gate: str, timeout: float) -> None:
+        """Wait for the gate's decision: a reminder at half its timeout, the escalation at 80 %, then expiry
+        (``TimeoutError``). Workflow timers only: a replay waits the same way."""
+        view = self.view
+        decided = lambda: view.gates[gate] != "pending"  # noqa: E731
+        waited = 0.0
+        for share, event_type in (
+            (REMINDER_AT, "quantum.review.reminder"),
+            (ESCALATION_AT, "quantum.review.escalated"),
+        ):
+            try:
+                await workflow.wait_condition(decided, timeout=timedelta(seconds=timeout * share - waited))
+                return
+            except TimeoutError:
+                waited = timeout * share
+            fields = {
+                "pipeline_id": view.pipeline_id,
+                "gate": gate,
+                "waited_seconds": round(waited, 3),
+                "timeout_seconds": timeout,
+                "approvals": len(view.approvals.get(gate, [])),
+                "required_approvals": self.policy.approvals_for(gate),
+                "reviewers": list(self.policy.reviewers),
+            }
+            if event_type == "quantum.review.reminder":
+                await self.run.announce(event_type, f"review.{gate}.reminder", ReviewReminder(**fields))
+            else:
+                contacts = list(self.policy.escalation_contacts)
+                await self.run.announce(
+                    event_type, f"review.{gate}.escalated", ReviewEscalated(**fields, contacts=contacts)
+                )
+        await workflow.wait_condition(decided, timeout=timedelta(seconds=timeout - waited))
+
     async def gate(self, gate: str, stage: str, *, reason: str, digest: str | None = None) -> None:
         """Open ``gate`` before ``stage`` and wait for its decision; stop the run unless it is approved.
 
@@ -376,7 +414,10 @@ class Gates:
             ),
         )
         try:
-            await workflow.wait_condition(lambda: view.gates[gate] != "pending", timeout=timedelta(seconds=timeout))
+            if workflow.patched(REMINDERS_PATCH):
+                await self._wait_with_reminders(gate, timeout)
+            else:
+                await workflow.wait_condition(lambda: view.gates[gate] != "pending", timeout=timedelta(seconds=timeout))
         except TimeoutError:
             view.gates[gate] = "timed_out"
         finally:

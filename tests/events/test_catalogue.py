@@ -35,6 +35,8 @@ def test_the_contract_event_types_are_all_there() -> None:
         "quantum.stage.completed",
         "quantum.stage.failed",
         "quantum.review.requested",
+        "quantum.review.reminder",
+        "quantum.review.escalated",
         "quantum.compensation.completed",
         "quantum.pipeline.completed",
         "quantum.pipeline.failed",

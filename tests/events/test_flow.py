@@ -137,3 +137,22 @@ async def test_review_and_cancel_events_reach_their_runs(harness: Harness, nc: N
         view = await doomed_handle.query("status")
     assert view["status"] == "cancelled"
     assert [c["step"] for c in view["compensations"]] == ["cleanup_tests", "cleanup_code"]
+
+
+async def test_a_gate_reminds_at_half_its_timeout_escalates_at_80_percent_and_expires(
+    harness: Harness, nc: NATS
+) -> None:
+    policy = {"timeout_seconds": {"deploy": 5}, "escalation_contacts": ["oncall"]}
+    async with harness.worker():
+        handle = await harness.start_pipeline(environment="prod", approval_policy=policy)
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+    events = await announced(nc, handle.id)
+    types = [t for t, _ in events]
+    at = types.index("quantum.review.requested")
+    assert types[at + 1 : at + 3] == ["quantum.review.reminder", "quantum.review.escalated"]
+    reminder, escalated = events[at + 1][1], events[at + 2][1]
+    assert (reminder["gate"], reminder["waited_seconds"], reminder["timeout_seconds"]) == ("deploy", 2.5, 5.0)
+    assert (escalated["waited_seconds"], escalated["contacts"]) == (4.0, ["oncall"])
+    assert types[-1] == "quantum.pipeline.failed" and events[-1][1]["status"] == "timed_out"
+    assert "quantum.compensation.completed" in types[at + 3 :]  # expiry fails closed: the run compensates

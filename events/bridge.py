@@ -5,7 +5,9 @@ Each message is validated, routed by type, acted on, and only then acknowledged:
 * ``quantum.pipeline.requested`` / ``code.requested`` / ``infra.requested`` start their workflow with the id
   ``<prefix>-<event id>`` under ``REJECT_DUPLICATE``: a duplicated or redelivered event finds the run already
   started and is acknowledged without a second run.
-* ``quantum.review.submitted`` becomes the ``review`` signal; ``quantum.pipeline.cancel_requested`` cancels.
+* ``quantum.review.submitted`` becomes the ``review`` Update (the signal for a run from before it): a review the
+  run's rules refuse never reaches its history and goes to the dead letters with the run's reason;
+  ``quantum.pipeline.cancel_requested`` cancels.
 * An event that cannot be used goes to ``QUANTUM_DLQ`` with a header naming the reason, and is terminated: bytes
   that are not a JSON object in UTF-8 or nest deeper than ``MAX_NESTING``, a wrong ``specversion``, an unknown
   type, a type other than the one of the subject it arrived on (permissions are granted per subject), a missing or
@@ -47,13 +49,14 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from events.catalog import INBOUND, CancelRequested, EventType, ReviewSubmitted, inbound_data, workflow_id
 from events.envelope import DLQ_SUBJECT, CloudEvent, EventError, check_subject, parse_envelope, subject_for
+from events.models import REVIEW_REFUSED
 from events.streams import EVENTS_STREAM
 
 log = logging.getLogger(__name__)
@@ -391,10 +394,7 @@ class Bridge:
     async def _act(self, kind: EventType, event: CloudEvent, data: BaseModel) -> Outcome:
         try:
             if isinstance(data, ReviewSubmitted):
-                await self._handle_for(data.pipeline_id).signal(
-                    "review", data.decision(), rpc_timeout=self._rpc_timeout
-                )
-                return Outcome.SIGNALLED
+                return await self._review(data)
             if isinstance(data, CancelRequested):
                 await self._handle_for(data.pipeline_id).cancel(rpc_timeout=self._rpc_timeout)
                 return Outcome.CANCELLED
@@ -420,6 +420,21 @@ class Bridge:
             raise
         except RuntimeError as err:  # the client could not reach the server at all
             raise TemporalUnavailable(str(err)) from None
+
+    async def _review(self, data: ReviewSubmitted) -> Outcome:
+        """Send the review as the ``review`` Update: one the run refuses never reaches its history and goes to the
+        dead letters with the run's reason. A run from before the Update gets the signal (the same rules)."""
+        handle = self._handle_for(data.pipeline_id)
+        decision = data.decision()
+        try:
+            await handle.execute_update("review", decision, rpc_timeout=self._rpc_timeout)
+            return Outcome.SIGNALLED
+        except WorkflowUpdateFailedError as err:
+            cause = err.cause
+            if isinstance(cause, ApplicationError) and cause.type == REVIEW_REFUSED:
+                raise DeadLetter(f"{REVIEW_REFUSED}: {cause.message}") from None
+        await handle.signal("review", decision, rpc_timeout=self._rpc_timeout)
+        return Outcome.SIGNALLED
 
     def _handle_for(self, pipeline_id: str) -> WorkflowHandle[Any, Any]:
         return self.temporal.get_workflow_handle(pipeline_id)

@@ -152,7 +152,8 @@ INBOUND: dict[str, EventType] = {
             "quantum.review.submitted",
             ReviewSubmitted,
             "inbound",
-            "Approve or reject a gate of a run (becomes the `review` signal).",
+            "Approve or reject a gate of a run (becomes the `review` Update; one the run refuses goes to the dead "
+            "letters with the run's reason).",
         ),
         EventType(
             "quantum.pipeline.cancel_requested",

@@ -35,6 +35,8 @@ MAX_SOURCE_BYTES = 512 * 1024
 MAX_SOURCE_PATH_CHARS = 200
 MAX_PATH_PART_CHARS = 100
 MAX_RESOURCES = 20
+REVIEW_REFUSED = "ReviewRefused"
+"""The failure type of a ``review`` Update the run's rules refuse: the CLI and the bridge read it."""
 DEFAULT_MAX_ATTEMPTS = 3
 MAX_ATTEMPTS = 10
 MAX_TOKENS = 10_000_000

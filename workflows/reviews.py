@@ -31,7 +31,7 @@ with workflow.unsafe.imports_passed_through():
     from agents.reviewers import ReviewerKeys, ReviewerKeysAgent
     from events import signing
     from events.catalog import ReviewEscalated, ReviewReminder, ReviewRequested
-    from events.models import GATES, ApprovalPolicy, ReviewDecision, normalise_identity
+    from events.models import GATES, REVIEW_REFUSED, ApprovalPolicy, ReviewDecision, normalise_identity
     from workflows import presets
     from workflows.audit_log import AuditLog
     from workflows.models import (
@@ -57,7 +57,7 @@ BOUND_REVIEWS_PATCH = "reviews-bound-and-signed"
 when the run starts, so the ``review`` Update's validator (which may not call ``workflow.patched``) knows the rules."""
 
 UNAUTHENTICATED = "unauthenticated"
-REFUSED = "ReviewRefused"
+REFUSED = REVIEW_REFUSED
 UPDATE_UNSUPPORTED = "ReviewUpdateUnsupported"
 
 _SERVICE_NAMES = frozenset(

@@ -9,13 +9,23 @@ import pytest
 from nats.aio.client import Client as NATS
 from temporalio.client import WorkflowFailureError
 
+from events.bridge import REASON_HEADER
 from events.catalog import OUTBOUND
 from events.envelope import new_event
 from events.publisher import EventPublisher, PublishEventInput
 from events.streams import EVENTS_STREAM
 
-from ..workflows.conftest import wait_for_gate
-from .conftest import Harness, RecordingBridge, bridge_config, bridge_running, publish, settled, wait_until
+from ..workflows.conftest import status, wait_for_gate
+from .conftest import (
+    Harness,
+    RecordingBridge,
+    bridge_config,
+    bridge_running,
+    dead_letters,
+    publish,
+    settled,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -156,3 +166,35 @@ async def test_a_gate_reminds_at_half_its_timeout_escalates_at_80_percent_and_ex
     assert (escalated["waited_seconds"], escalated["contacts"]) == (4.0, ["oncall"])
     assert types[-1] == "quantum.pipeline.failed" and events[-1][1]["status"] == "timed_out"
     assert "quantum.compensation.completed" in types[at + 3 :]  # expiry fails closed: the run compensates
+
+
+async def test_a_review_event_the_run_refuses_is_dead_lettered_with_the_reason(harness: Harness, nc: NATS) -> None:
+    """The event path applies the run's rules through the Update: a refused review never reaches the run's history
+    and lands in the dead letters with the run's reason; an accepted one counts."""
+    bridge = RecordingBridge(nc, harness.client, bridge_config(harness.task_queue))
+    async with harness.worker(), bridge_running(bridge):
+        handle = await harness.start_pipeline(environment="prod")
+        await wait_for_gate(handle, "deploy")
+        own = new_event(
+            "quantum.review.submitted",
+            {"pipeline_id": handle.id, "gate": "deploy", "reviewer": "alice", "approved": True},
+            source="tests",
+        )
+        await publish(nc, own, msg_id=own.id)
+
+        async def handled() -> bool:
+            return any(i == own.id for i, _ in bridge.outcomes)
+
+        await wait_until(handled, what="the refused review handled")
+        letters = [m for m in await dead_letters(nc) if own.id.encode() in (m.data or b"")]
+        assert len(letters) == 1 and letters[0].headers is not None
+        assert "ReviewRefused" in letters[0].headers[REASON_HEADER]
+        assert "requested this run" in letters[0].headers[REASON_HEADER]
+        ok = {"pipeline_id": handle.id, "gate": "deploy", "reviewer": "bob", "approved": True}
+        await publish(nc, new_event("quantum.review.submitted", ok, source="tests"))
+        result = await handle.result()
+        history = (await handle.fetch_history()).to_json()
+        view = await status(handle)
+    assert result.status == "succeeded"
+    assert [e.reviewer for e in view.audit] == ["bob"]  # the refused one never reached the run
+    assert '"reviewer":"alice"' not in history.replace(" ", "")

@@ -79,5 +79,8 @@ async def test_temporal_cli_signals_review_and_queries_status(harness: Harness, 
                 "comment": "from the temporal CLI",
                 "accepted": True,
                 "reason": "",
+                "digest": "",  # the stock CLI names no digest: taken as the gate's, with no keys configured
+                "nonce": "",
+                "identity": "unauthenticated",
             }
         ]

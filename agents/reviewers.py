@@ -1,5 +1,6 @@
-"""The reviewers' public keys, read once per worker from ``QUANTUM_REVIEWER_KEYS`` and handed to runs by an
-activity, so that each run records in its history the keys its reviews were verified with.
+"""The deployment's reviewers: their public keys (read once per worker from ``QUANTUM_REVIEWER_KEYS``), their
+groups (``QUANTUM_REVIEWER_GROUPS``) and the gates' default rules (``QUANTUM_REVIEW_DEFAULTS``), handed to runs by
+an activity, so that each run records in its history what its reviews were judged with.
 
 ``QUANTUM_REVIEWER_KEYS`` names a directory of ``<name>.pub`` files (a raw 32-byte key, its base64, or a PEM
 ``PUBLIC KEY``), one such file, or a JSON file ``{"name": "<base64 raw key>"}``. Only Ed25519 keys are taken.
@@ -22,11 +23,18 @@ from temporalio import activity
 MAX_KEYS = 200
 
 
+MAX_GROUPS = 100
+MAX_GROUP_MEMBERS = 200
+
+
 class ReviewerKeys(BaseModel):
-    """What the ``reviews.keys`` activity returns: whether keys are configured, and each reviewer's key."""
+    """What the ``reviews.keys`` activity returns: whether keys are configured, each reviewer's key, the reviewer
+    groups and the gates' default rules (as ``events.models.GateRule`` JSON, which the workflows read)."""
 
     configured: bool = False
     keys: dict[str, str] = Field(default_factory=dict, description="Reviewer name -> base64 raw Ed25519 key.")
+    groups: dict[str, list[str]] = Field(default_factory=dict, description="Group name -> its members' names.")
+    defaults: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Gate -> its default rule.")
 
 
 class KeyFileError(ValueError):
@@ -77,19 +85,35 @@ def load_public_keys(path: Path) -> dict[str, bytes]:
     return found
 
 
-class ReviewerKeysAgent:
-    """Serves the public keys read when the worker started (None: reviews are not authenticated)."""
+def check_groups(groups: dict[str, list[str]]) -> dict[str, list[str]]:
+    """``groups`` if within bounds, else a :class:`ValueError` naming what is over."""
+    if len(groups) > MAX_GROUPS:
+        raise ValueError(f"{len(groups)} reviewer groups, over the {MAX_GROUPS} limit")
+    for name, members in groups.items():
+        if len(members) > MAX_GROUP_MEMBERS:
+            raise ValueError(f"reviewer group {name!r} has {len(members)} members, over the {MAX_GROUP_MEMBERS} limit")
+    return groups
 
-    def __init__(self, path: Path | None) -> None:
+
+class ReviewerKeysAgent:
+    """Serves what was read when the worker started: the public keys (None: reviews are not authenticated), the
+    groups and the gates' default rules."""
+
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        groups: dict[str, list[str]] | None = None,
+        defaults: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
         self._keys = None if path is None else load_public_keys(path)
+        self._groups = check_groups(dict(groups or {}))
+        self._defaults = dict(defaults or {})
 
     @activity.defn(name="reviews.keys")
     async def keys(self) -> ReviewerKeys:
-        if self._keys is None:
-            return ReviewerKeys()
-        return ReviewerKeys(
-            configured=True, keys={name: base64.b64encode(raw).decode() for name, raw in self._keys.items()}
-        )
+        keys = {} if self._keys is None else {name: base64.b64encode(raw).decode() for name, raw in self._keys.items()}
+        return ReviewerKeys(configured=self._keys is not None, keys=keys, groups=self._groups, defaults=self._defaults)
 
     def activities(self) -> list[Callable[..., Any]]:
         return [self.keys]

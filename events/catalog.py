@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    ValidationError,
+    model_serializer,
+)
 
 from events.envelope import CloudEvent, InvalidEvent, UnknownEventType, describe
 from events.models import (
@@ -62,16 +70,29 @@ class StageFailed(_Data):
     error: str
 
 
-class ReviewRequested(_Data):
+class _NamesReviewers(_Data):
+    """Who may review: names and groups (``groups`` left out when empty, for consumers from before it)."""
+
+    reviewers: list[str] = Field(default_factory=list)
+    groups: list[str] = Field(default_factory=list)
+
+    @model_serializer(mode="wrap")
+    def _compatible(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if not self.groups:
+            data.pop("groups", None)
+        return data
+
+
+class ReviewRequested(_NamesReviewers):
     pipeline_id: RunId
     gate: str
     reason: str
-    reviewers: list[str] = Field(default_factory=list)
     required_approvals: int = 1
     timeout_seconds: float
 
 
-class ReviewReminder(_Data):
+class ReviewReminder(_NamesReviewers):
     """A gate has waited half its timeout: the reviewers are reminded."""
 
     pipeline_id: RunId
@@ -80,7 +101,6 @@ class ReviewReminder(_Data):
     timeout_seconds: float
     approvals: int = 0
     required_approvals: int = 1
-    reviewers: list[str] = Field(default_factory=list)
 
 
 class ReviewEscalated(ReviewReminder):

@@ -90,44 +90,87 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+GroupName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+"""A reviewer group's name, as the deployment's ``QUANTUM_REVIEWER_GROUPS`` defines it."""
+Approvals = Annotated[int, Field(ge=1, le=10)]
+GateTimeout = Annotated[float, Field(gt=0, le=MAX_GATE_TIMEOUT_SECONDS)]
+
+
+class GateRule(_Strict):
+    """One gate's rule; a field left unset (None) is taken from the run-wide policy, then from the deployment's
+    defaults (``QUANTUM_REVIEW_DEFAULTS``)."""
+
+    reviewers: list[Person] | None = Field(default=None, max_length=MAX_REVIEWERS)
+    groups: list[GroupName] | None = Field(default=None, max_length=MAX_REVIEWERS)
+    required_approvals: Approvals | None = None
+    timeout_seconds: GateTimeout | None = None
+    requester_may_review: bool | None = Field(
+        default=None, description="Whether the person who requested the run may review this gate (default: never)."
+    )
+
+
 class ApprovalPolicy(_Strict):
     """Who may review a run's gates, how many approvals each gate needs and how long it waits."""
 
     reviewers: list[Person] = Field(
         default_factory=list,
         max_length=MAX_REVIEWERS,
-        description="Names allowed to review; empty allows anyone but the requester.",
+        description="Names allowed to review; with no names and no groups, anyone but the requester.",
     )
-    required_approvals: dict[Gate, Annotated[int, Field(ge=1, le=10)]] = Field(default_factory=dict)
-    timeout_seconds: dict[Gate, Annotated[float, Field(gt=0, le=MAX_GATE_TIMEOUT_SECONDS)]] = Field(
-        default_factory=dict
-    )
+    required_approvals: dict[Gate, Approvals] = Field(default_factory=dict)
+    timeout_seconds: dict[Gate, GateTimeout] = Field(default_factory=dict)
     escalation_contacts: list[Person] = Field(
         default_factory=list,
         max_length=MAX_REVIEWERS,
         description="Told (quantum.review.escalated) when a gate has waited 80 % of its timeout.",
     )
+    groups: list[GroupName] = Field(
+        default_factory=list,
+        max_length=MAX_REVIEWERS,
+        description="Reviewer groups (QUANTUM_REVIEWER_GROUPS) whose members may review, besides ``reviewers``.",
+    )
+    requester_may_review: bool | None = Field(
+        default=None, description="Whether the requester may review the run's gates (default: never)."
+    )
+    gates: dict[Gate, GateRule] = Field(default_factory=dict, description="Rules of single gates.")
 
     @model_serializer(mode="wrap")
     def _compatible(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Without ``escalation_contacts`` when there are none, so that workers from before it still decode it."""
+        """Without the fields added later when they hold their defaults, so that workers from before them still
+        decode the policy."""
         data: dict[str, Any] = handler(self)
-        if not self.escalation_contacts:
-            data.pop("escalation_contacts", None)
+        for name in ("escalation_contacts", "groups", "gates"):
+            if not getattr(self, name):
+                data.pop(name, None)
+        if self.requester_may_review is None:
+            data.pop("requester_may_review", None)
         return data
 
     def approvals_for(self, gate: str) -> int:
+        """The quorum the request asks of ``gate`` (the deployment's defaults may ask more, see
+        :func:`workflows.reviews.gate_policy`)."""
+        rule = self.gates.get(gate)  # type: ignore[call-overload]
+        if rule is not None and rule.required_approvals is not None:
+            return int(rule.required_approvals)
         return int(self.required_approvals.get(gate, 1))  # type: ignore[call-overload]
 
     def timeout_for(self, gate: str) -> float:
+        rule = self.gates.get(gate)  # type: ignore[call-overload]
+        if rule is not None and rule.timeout_seconds is not None:
+            return float(rule.timeout_seconds)
         return float(self.timeout_seconds.get(gate, DEFAULT_GATE_TIMEOUT_SECONDS))  # type: ignore[call-overload]
 
     @model_validator(mode="after")
     def _quorum_is_reachable(self) -> ApprovalPolicy:
-        allowed = len({normalise_identity(name) for name in self.reviewers})
-        for gate, count in self.required_approvals.items():
-            if self.reviewers and count > allowed:
-                raise ValueError(f"required_approvals.{gate} is {count} but only {allowed} reviewers are allowed")
+        """A quorum larger than the names allowed can never be met (with groups, the deployment knows the count)."""
+        for gate in GATES:
+            rule = self.gates.get(gate)  # type: ignore[call-overload]
+            names = self.reviewers if rule is None or rule.reviewers is None else rule.reviewers
+            groups = self.groups if rule is None or rule.groups is None else rule.groups
+            allowed = len({normalise_identity(name) for name in names})
+            count = self.approvals_for(gate)
+            if names and not groups and count > allowed:
+                raise ValueError(f"gate {gate!r} needs {count} approvals but only {allowed} reviewers are allowed")
         return self
 
 

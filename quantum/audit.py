@@ -13,7 +13,7 @@ What is reported, per run:
 - ``unreadable`` / ``misfiled``: a message that is not a record, or a record on another run's subject.
 
 A record removed from the *end* of a chain leaves no trace in the stream; the run's own state in Temporal (its
-``audit`` list) is the other copy to compare the count against.
+``audit_records`` and ``audit_head``) is the other copy, and :func:`compare_head` finds it missing (``truncated``).
 """
 
 from __future__ import annotations
@@ -164,6 +164,34 @@ def check(messages: list[StoredRecord]) -> Verdict:
         )
     verdict.problems.sort(key=lambda p: (p.run_id, p.sequence))
     return verdict
+
+
+def compare_head(verdict: Verdict, run_id: str, *, records: int, head: str) -> None:
+    """Add to ``verdict`` what the run's own head (from its status in Temporal) says is missing from its chain:
+    records removed from the end leave no broken link, but the run knows how many it appended and the last hash."""
+    if records <= 0:
+        return
+    chain = next((c for c in verdict.runs if c.run_id == run_id), None)
+    last_index, last_head, sequence = (chain.last_index, chain.head, chain.last_sequence) if chain else (0, "", 0)
+    if last_index < records:
+        gone = f"record {records}" if last_index + 1 == records else f"records {last_index + 1} to {records}"
+        verdict.problems.append(
+            Problem(
+                run_id,
+                sequence,
+                "truncated",
+                f"the run appended {records} records, the stream holds {last_index}: {gone} missing from the end",
+            )
+        )
+    elif last_index == records and last_head != head:
+        verdict.problems.append(
+            Problem(
+                run_id,
+                sequence,
+                "changed",
+                f"the stream's last record {_short(last_head)} is not the one the run appended ({_short(head)})",
+            )
+        )
 
 
 def _links(run_id: str, records: list[_Record]) -> list[Problem]:

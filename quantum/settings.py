@@ -8,11 +8,13 @@ from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agents.llm import LLMConfig
+from agents.reviewers import check_groups
 from events.bridge import BridgeConfig
+from events.models import Gate, GateRule, GroupName, Person
 from events.streams import StreamLimits
 
 TASK_QUEUE = "quantum-workflows"
@@ -91,9 +93,24 @@ class Settings(BaseSettings):
         description="Reviewers' Ed25519 public keys: a directory of <name>.pub files (raw, base64 or PEM), one such "
         "file, or a JSON file {name: base64 key}. When set, runs take only reviews signed by these keys.",
     )
+    reviewer_groups: dict[GroupName, list[Person]] = Field(
+        default_factory=dict,
+        description='Reviewer groups, as JSON {"release-managers": ["ann", "bob"]}: a policy may name a group.',
+    )
+    review_defaults: dict[Gate, GateRule] = Field(
+        default_factory=dict,
+        description='Each gate\'s default rule, as JSON {"deploy": {"groups": ["release-managers"], '
+        '"required_approvals": 2, "timeout_seconds": 3600}}: what a request leaves unset. Its quorum is also a '
+        "floor, and requester_may_review: false here is never overridden by a request.",
+    )
     reviewer_key_file: Path | None = Field(
         default=None, description="The Ed25519 private key (PEM or raw 32 bytes) `quantum review` signs with."
     )
+
+    @field_validator("reviewer_groups")
+    @classmethod
+    def _groups_within_bounds(cls, groups: dict[str, list[str]]) -> dict[str, list[str]]:
+        return check_groups(groups)
 
     def llm_config(self) -> LLMConfig | None:
         """The model endpoint, or None for the offline pattern provider (no model named, or nowhere to send it)."""

@@ -87,7 +87,11 @@ def build_agents(settings: Settings, *, nats_url: str | None = None) -> Agents:
         sre=SREAgent(data / "monitoring", promtool=settings.promtool_bin),
         publisher=EventPublisher(nats_url or settings.nats_url),
         audit=AuditRecorder(nats_url or settings.nats_url),
-        reviewers=ReviewerKeysAgent(settings.reviewer_keys),
+        reviewers=ReviewerKeysAgent(
+            settings.reviewer_keys,
+            groups=settings.reviewer_groups,
+            defaults={gate: rule.model_dump(mode="json") for gate, rule in settings.review_defaults.items()},
+        ),
     )
 
 

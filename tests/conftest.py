@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -49,31 +50,41 @@ def client(temporal_env: WorkflowEnvironment) -> Client:
     return temporal_env.client
 
 
-@pytest.fixture(scope="session")
-def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real ``nats-server -js`` with a file store, for the whole session."""
+@contextlib.contextmanager
+def nats_server(store: Path) -> Iterator[str]:
+    """A real ``nats-server -js`` with a file store in ``store`` and the product's streams; yields its URL."""
     port = free_port()
-    store = tmp_path_factory.mktemp("nats")
     proc = subprocess.Popen(
         [str(BIN / "nats-server"), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 20
-    while True:
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("nats-server did not start") from None
+                time.sleep(0.05)
+        url = f"nats://127.0.0.1:{port}"
+        asyncio.run(_ensure_streams(url))
+        yield url
+    finally:
+        proc.terminate()
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("nats-server did not start") from None
-            time.sleep(0.05)
-    url = f"nats://127.0.0.1:{port}"
-    asyncio.run(_ensure_streams(url))
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``nats-server -js`` with a file store, for the whole session."""
+    with nats_server(tmp_path_factory.mktemp("nats")) as url:
+        yield url
 
 
 async def _ensure_streams(url: str) -> None:

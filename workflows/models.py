@@ -8,7 +8,8 @@ from pydantic import BaseModel, Field
 
 RunStatus = Literal["running", "awaiting_review", "succeeded", "failed", "rejected", "timed_out", "cancelled"]
 StageState = Literal["pending", "running", "succeeded", "failed", "skipped", "awaiting_review", "cancelled"]
-GateState = Literal["pending", "approved", "rejected", "timed_out"]
+GateState = Literal["pending", "approved", "rejected", "expired", "timed_out"]
+"""``expired``: no decision within the timeout (``timed_out`` in the views of runs from before it)."""
 
 PIPELINE_STAGES: tuple[str, ...] = (
     "generate_code",
@@ -96,6 +97,10 @@ class RunStatusView(BaseModel):
     compensations: list[CompensationRecord] = Field(default_factory=list)
     audit: list[AuditEntry] = Field(default_factory=list)
     audit_dropped: int = Field(default=0, description="Refused reviews left out of ``audit`` to keep it bounded.")
+    audit_records: int = Field(default=0, description="How many records the run appended to QUANTUM_AUDIT.")
+    audit_head: str = Field(
+        default="", description="The hash of the last record the run appended (the head of its chain)."
+    )
     error: str | None = None
     warnings: list[str] = Field(default_factory=list)
     outputs: dict[str, str | int | float | bool | None] = Field(

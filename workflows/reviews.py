@@ -19,7 +19,7 @@ import base64
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,10 +28,20 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
+    from pydantic import ValidationError
+
     from agents.reviewers import ReviewerKeys, ReviewerKeysAgent
     from events import signing
     from events.catalog import ReviewEscalated, ReviewReminder, ReviewRequested
-    from events.models import GATES, REVIEW_REFUSED, ApprovalPolicy, ReviewDecision, normalise_identity
+    from events.models import (
+        DEFAULT_GATE_TIMEOUT_SECONDS,
+        GATES,
+        REVIEW_REFUSED,
+        ApprovalPolicy,
+        GateRule,
+        ReviewDecision,
+        normalise_identity,
+    )
     from workflows import presets
     from workflows.audit_log import AuditLog
     from workflows.models import (
@@ -99,6 +109,94 @@ def digest_of(value: Any) -> str:
 
 
 @dataclass(frozen=True)
+class GatePolicy:
+    """One gate's rule as the run applies it: the request's policy over the deployment's defaults."""
+
+    reviewers: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    members: frozenset[str] = frozenset()
+    """The normalised names of the groups' members (as the deployment defines the groups)."""
+    unknown_groups: tuple[str, ...] = ()
+    required_approvals: int = 1
+    timeout_seconds: float = DEFAULT_GATE_TIMEOUT_SECONDS
+    requester_may_review: bool = False
+
+    @property
+    def restricted(self) -> bool:
+        """Whether only named people and groups may review (else anyone who is not the requester)."""
+        return bool(self.reviewers or self.groups)
+
+    def allowed(self, same: Callable[[str], str] = normalise_identity) -> frozenset[str]:
+        return frozenset(same(name) for name in self.reviewers) | self.members
+
+    def describe(self) -> str:
+        parts = [", ".join(self.reviewers)] if self.reviewers else []
+        parts += [f"group {name}" for name in self.groups]
+        return "; ".join(parts) or "anyone"
+
+    def unreachable(self, requester: str) -> str | None:
+        """Why the gate can never reach its quorum (too few people may review it), or None."""
+        if not self.restricted:
+            return None
+        allowed = self.allowed()
+        if not self.requester_may_review:
+            allowed -= {normalise_identity(requester)}
+        allowed = frozenset(name for name in allowed if not is_service_identity(name))
+        if len(allowed) >= self.required_approvals:
+            return None
+        unknown = f" (unknown groups: {', '.join(self.unknown_groups)})" if self.unknown_groups else ""
+        count, people = self.required_approvals, len(allowed)
+        return (
+            f"needs {count} approval{'s' if count != 1 else ''} but only {people} "
+            f"{'person' if people == 1 else 'people'} may review it{unknown}"
+        )
+
+
+def gate_policy(
+    gate: str,
+    policy: ApprovalPolicy,
+    *,
+    defaults: Mapping[str, GateRule] | None = None,
+    groups: Mapping[str, Sequence[str]] | None = None,
+) -> GatePolicy:
+    """The rule of ``gate``: each field from the request's rule of that gate, else its run-wide policy, else the
+    deployment's default for the gate (``QUANTUM_REVIEW_DEFAULTS``). The default quorum is also a floor, and a
+    default of ``requester_may_review: false`` is never overridden. Who may review is taken whole from the first
+    of the three that names anyone (names or groups). Pure."""
+    rule = policy.gates.get(gate)  # type: ignore[call-overload]
+    default = (defaults or {}).get(gate) or GateRule()
+    if rule is not None and (rule.reviewers is not None or rule.groups is not None):
+        names, named_groups = rule.reviewers or [], rule.groups or []
+    elif policy.reviewers or policy.groups:
+        names, named_groups = policy.reviewers, policy.groups
+    else:
+        names, named_groups = default.reviewers or [], default.groups or []
+    directory = groups or {}
+    members = frozenset(normalise_identity(m) for g in named_groups for m in directory.get(g, ()))
+    asked = rule.required_approvals if rule is not None else None
+    if asked is None:
+        asked = policy.required_approvals.get(gate)  # type: ignore[call-overload]
+    quorum = max(int(asked or default.required_approvals or 1), int(default.required_approvals or 1))
+    timeout = rule.timeout_seconds if rule is not None else None
+    if timeout is None:
+        timeout = policy.timeout_seconds.get(gate)  # type: ignore[call-overload]
+    may: bool | None = rule.requester_may_review if rule is not None else None
+    if may is None:
+        may = policy.requester_may_review
+    if may is None:
+        may = default.requester_may_review
+    return GatePolicy(
+        reviewers=tuple(names),
+        groups=tuple(named_groups),
+        members=members,
+        unknown_groups=tuple(g for g in named_groups if g not in directory),
+        required_approvals=quorum,
+        timeout_seconds=float(timeout or default.timeout_seconds or DEFAULT_GATE_TIMEOUT_SECONDS),
+        requester_may_review=bool(may) and default.requester_may_review is not False,
+    )
+
+
+@dataclass(frozen=True)
 class ReviewContext:
     """What the run knows when a review arrives; :func:`refusal` reads nothing else."""
 
@@ -114,6 +212,8 @@ class ReviewContext:
     normalised: bool = True
     bound: bool = True
     """The rules of :data:`BOUND_REVIEWS_PATCH`: agent identities, digests, signatures."""
+    rule: GatePolicy | None = None
+    """The gate's rule; None: the one ``policy`` alone gives (no deployment defaults, no groups)."""
 
 
 def _authentication_problem(decision: ReviewDecision, ctx: ReviewContext) -> str | None:
@@ -167,10 +267,14 @@ def refusal(decision: ReviewDecision, ctx: ReviewContext) -> str | None:
         return f"{decision.reviewer!r} is an agent or service identity: only people review gates"
     same = normalise_identity if normalised else (lambda name: name)
     who = same(decision.reviewer)
-    if who == same(ctx.requester):
+    rule = ctx.rule or gate_policy(gate, ctx.policy)
+    if who == same(ctx.requester) and not rule.requester_may_review:
         return f"{decision.reviewer!r} requested this run and cannot review it"
-    if ctx.policy.reviewers and who not in {same(name) for name in ctx.policy.reviewers}:
-        return f"{decision.reviewer!r} is not a reviewer allowed by the approval policy"
+    if rule.restricted and who not in rule.allowed(same):
+        return (
+            f"{decision.reviewer!r} is not a reviewer allowed by the approval policy of gate {gate!r} "
+            f"({clip(rule.describe(), 300)})"
+        )
     if who in {same(name) for name in ctx.approvals}:
         return f"{decision.reviewer!r} already approved gate {gate!r}"
     if ctx.bound:
@@ -218,6 +322,10 @@ class Gates:
         """Whether the run follows :data:`BOUND_REVIEWS_PATCH` (None until the run starts)."""
         self.keys: dict[str, bytes] | None = None
         self.keys_loaded = False
+        self.defaults: dict[str, GateRule] = {}
+        self.groups: dict[str, list[str]] = {}
+        """The deployment's gate defaults and reviewer groups, recorded with the keys when a gate opens."""
+        self.rules: dict[str, GatePolicy] = {}
         self.audit_log = AuditLog(run.view.pipeline_id)
         """The run's hash chain on ``QUANTUM_AUDIT``: every recorded review is appended to it, in order."""
         self._appends: list[asyncio.Task[None]] = []
@@ -228,9 +336,15 @@ class Gates:
 
     # --- judging -----------------------------------------------------------------------------------------------
 
+    def rule(self, gate: str) -> GatePolicy:
+        """The rule of ``gate``: as resolved when it opened, else from the request's policy alone."""
+        return self.rules.get(gate) or gate_policy(gate, self.policy)
+
     def context(self, gate: str, *, normalised: bool) -> ReviewContext:
         bound = bool(self.bound)
-        used = frozenset(e.nonce for e in self.view.audit if e.accepted and e.nonce)
+        # spent: the nonces of counted reviews and of refused ones whose signature verified (a signed review
+        # refused once, say before its gate opened, cannot be sent again to count later)
+        used = frozenset(e.nonce for e in self.view.audit if e.nonce and (e.accepted or e.identity))
         return ReviewContext(
             run_id=self.view.pipeline_id,
             requester=self.requester,
@@ -243,6 +357,7 @@ class Gates:
             used_nonces=used,
             normalised=normalised,
             bound=bound,
+            rule=self.rule(gate),
         )
 
     def judge(self, decision: ReviewDecision) -> tuple[str | None, ReviewContext]:
@@ -265,7 +380,7 @@ class Gates:
             self.view.gates[gate] = "rejected"
             return None
         self.view.approvals.setdefault(gate, []).append(decision.reviewer.strip())
-        if len(self.view.approvals[gate]) >= self.policy.approvals_for(gate):
+        if len(self.view.approvals[gate]) >= self.rule(gate).required_approvals:
             self.view.gates[gate] = "approved"
         return None
 
@@ -291,14 +406,14 @@ class Gates:
             gate=gate,
             gate_state=self.view.gates.get(gate),
             approvals=list(self.view.approvals.get(gate, [])),
-            required_approvals=self.policy.approvals_for(gate),
+            required_approvals=self.rule(gate).required_approvals,
             identity=self.view.audit[-1].identity,
         )
 
     def record_review(self, decision: ReviewDecision, reason: str | None, who: str = "") -> None:
         """Append the review to the audit trail (the one place reviews are recorded): refused ones are clipped and
-        at most ``MAX_REFUSED_REVIEWS`` are kept (the oldest refused go first, counted in ``audit_dropped``);
-        accepted ones are always kept."""
+        at most ``MAX_REFUSED_REVIEWS`` are kept (the oldest refused go first, unsigned ones before signed ones,
+        whose nonces stay spent; counted in ``audit_dropped``); accepted ones are always kept."""
         limit = MAX_REFUSED_COMMENT_CHARS if reason is not None else len(decision.comment)
         entry = AuditEntry(
             gate=clip(decision.gate, 40),
@@ -315,7 +430,8 @@ class Gates:
         audit.append(entry)
         refused = [i for i, e in enumerate(audit) if not e.accepted]
         if len(refused) > MAX_REFUSED_REVIEWS:
-            del audit[refused[0]]
+            unsigned = [i for i in refused if not audit[i].identity]
+            del audit[(unsigned or refused)[0]]
             self.view.audit_dropped += 1
         self._appends.append(asyncio.create_task(self._append(entry)))
 
@@ -324,6 +440,9 @@ class Gates:
         warning = await self.audit_log.append(entry)
         if warning is not None:
             self.run.warn(warning)
+        chain = self.audit_log.chain
+        if chain.index:  # the run's own copy of its head, against which the stream is checked
+            self.view.audit_records, self.view.audit_head = chain.index, chain.head
 
     async def drain(self) -> None:
         """Wait until every review recorded so far is on the audit stream (or its failure is a warning)."""
@@ -342,7 +461,21 @@ class Gates:
             if answer.configured
             else None
         )
+        try:
+            self.defaults = {gate: GateRule.model_validate(rule) for gate, rule in answer.defaults.items()}
+        except ValidationError as err:
+            raise RunStopped("failed", f"the deployment's review defaults are invalid: {err}") from err
+        self.groups = {name: list(members) for name, members in answer.groups.items()}
         self.keys_loaded = True
+
+    def _who(self, gate: str) -> dict[str, Any]:
+        """Who may review ``gate`` and how many must approve, as the review events say it."""
+        rule = self.rule(gate)
+        return {
+            "reviewers": list(rule.reviewers),
+            "groups": list(rule.groups),
+            "required_approvals": rule.required_approvals,
+        }
 
     async def _wait_with_reminders(self, gate: str, timeout: float) -> None:
         """Wait for the gate's decision: a reminder at half its timeout, the escalation at 80 %, then expiry
@@ -365,8 +498,7 @@ class Gates:
                 "waited_seconds": round(waited, 3),
                 "timeout_seconds": timeout,
                 "approvals": len(view.approvals.get(gate, [])),
-                "required_approvals": self.policy.approvals_for(gate),
-                "reviewers": list(self.policy.reviewers),
+                **self._who(gate),
             }
             if event_type == "quantum.review.reminder":
                 await self.run.announce(event_type, f"review.{gate}.reminder", ReviewReminder(**fields))
@@ -386,6 +518,11 @@ class Gates:
         view = self.view
         if self.bound:
             await self._load_keys()
+            self.rules[gate] = rule = gate_policy(gate, self.policy, defaults=self.defaults, groups=self.groups)
+            problem = rule.unreachable(self.requester)
+            if problem:
+                view.stages[stage] = "failed"
+                raise RunStopped("failed", f"gate {gate!r} {problem}: the approval policy cannot be met")
             previous = view.gate_digests.get(gate)
             if digest is not None:
                 view.gate_digests[gate] = digest
@@ -400,17 +537,12 @@ class Gates:
         view.stages[stage] = "awaiting_review"
         view.status = "awaiting_review"
         view.outputs[f"{gate}_gate_reason"] = reason
-        timeout = self.policy.timeout_for(gate)
+        timeout = self.rule(gate).timeout_seconds
         await self.run.announce(
             "quantum.review.requested",
             f"review.{gate}.requested",
             ReviewRequested(
-                pipeline_id=view.pipeline_id,
-                gate=gate,
-                reason=reason,
-                reviewers=list(self.policy.reviewers),
-                required_approvals=self.policy.approvals_for(gate),
-                timeout_seconds=timeout,
+                pipeline_id=view.pipeline_id, gate=gate, reason=reason, timeout_seconds=timeout, **self._who(gate)
             ),
         )
         try:
@@ -419,7 +551,7 @@ class Gates:
             else:
                 await workflow.wait_condition(lambda: view.gates[gate] != "pending", timeout=timedelta(seconds=timeout))
         except TimeoutError:
-            view.gates[gate] = "timed_out"
+            view.gates[gate] = "expired"
         finally:
             view.pending_gate = None
             if view.status == "awaiting_review":
@@ -428,7 +560,7 @@ class Gates:
         if state == "rejected":
             view.stages[stage] = "failed"
             raise RunStopped("rejected", f"gate {gate!r} was rejected")
-        if state == "timed_out":
+        if state in ("expired", "timed_out"):
             view.stages[stage] = "failed"
             raise RunStopped("timed_out", f"gate {gate!r} had no decision within {timeout:g} s")
         view.stages[stage] = "running"

@@ -197,12 +197,19 @@ def review(
     say(*parts)
 
 
+def named_reviewers(request: PipelineRequest, gate: str) -> list[str]:
+    """The reviewers the request names for ``gate`` (its rule of the gate, else its run-wide list)."""
+    policy = request.approval_policy
+    rule = policy.gates.get(gate)  # type: ignore[call-overload]
+    return list(rule.reviewers) if rule is not None and rule.reviewers is not None else list(policy.reviewers)
+
+
 def auto_approver(request: PipelineRequest) -> GateHandler:
     """Approve each gate with as many of the policy's reviewers as its quorum needs."""
 
     async def approve(handle: WorkflowHandle[Any, Any], view: RunStatusView) -> None:
         gate = view.pending_gate or ""
-        reviewers = request.approval_policy.reviewers or ["auto-approver"]
+        reviewers = named_reviewers(request, gate) or ["auto-approver"]
         for reviewer in reviewers[: request.approval_policy.approvals_for(gate)]:
             say(
                 Text("gate '", style="yellow"),
@@ -242,7 +249,7 @@ def person_at_the_gate(request: PipelineRequest) -> GateHandler:
             plain(reason, one_line=True),
             ")",
         )
-        reviewers = request.approval_policy.reviewers
+        reviewers = named_reviewers(request, gate)
         for index in range(request.approval_policy.approvals_for(gate)):
             default = reviewers[index] if index < len(reviewers) else None
             # asked in a thread: the worker in this process keeps running while the person thinks

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from nats.aio.client import Client as NATS
-from temporalio.client import WorkflowFailureError
+from temporalio.client import Client, WorkflowFailureError
 
 from events.bridge import REASON_HEADER
 from events.catalog import OUTBOUND
@@ -15,7 +16,7 @@ from events.envelope import new_event
 from events.publisher import EventPublisher, PublishEventInput
 from events.streams import EVENTS_STREAM
 
-from ..workflows.conftest import status, wait_for_gate
+from ..workflows.conftest import harness_with, status, wait_for_gate
 from .conftest import (
     Harness,
     RecordingBridge,
@@ -198,3 +199,50 @@ async def test_a_review_event_the_run_refuses_is_dead_lettered_with_the_reason(h
     assert result.status == "succeeded"
     assert [e.reviewer for e in view.audit] == ["bob"]  # the refused one never reached the run
     assert '"reviewer":"alice"' not in history.replace(" ", "")
+
+
+async def test_signed_review_events_are_checked_like_any_review(
+    client: Client, nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    """With reviewers' keys configured, the event path refuses an unsigned review, a tampered one and one signed
+    with another key, each dead-lettered with the run's reason; the same review signed by its reviewer counts."""
+    from datetime import UTC, datetime
+
+    from events.models import ReviewDecision
+    from quantum.cli.review import signed
+
+    from ..workflows.test_review_gates import BOB, MALLORY, key_folder
+
+    async with harness_with(client, nats_url, tmp_path, reviewer_keys=key_folder(tmp_path)) as harness:
+        bridge = RecordingBridge(nc, harness.client, bridge_config(harness.task_queue))
+        async with harness.worker(), bridge_running(bridge):
+            handle = await harness.start_pipeline(environment="prod")
+            view = await wait_for_gate(handle, "deploy")
+            review = ReviewDecision(gate="deploy", reviewer="bob", approved=True, digest=view.gate_digests["deploy"])
+            good = signed(review, handle.id, BOB, datetime.now(UTC))
+            cases: dict[str, ReviewDecision] = {
+                "unsigned": review,
+                "does not verify": good.model_copy(update={"comment": "ship it, and more"}),  # tampered in transit
+                "with the key of 'bob'": signed(review, handle.id, MALLORY, datetime.now(UTC)),
+            }
+            for reason, decision in cases.items():
+                event = new_event(
+                    "quantum.review.submitted",
+                    {"pipeline_id": handle.id, **decision.model_dump(mode="json", exclude_none=True)},
+                    source="tests",
+                )
+                await publish(nc, event, msg_id=event.id)
+
+                async def handled(event_id: str = event.id) -> bool:
+                    return any(i == event_id for i, _ in bridge.outcomes)
+
+                await wait_until(handled, what=f"the {reason} review handled")
+                letters = [m for m in await dead_letters(nc) if event.id.encode() in (m.data or b"")]
+                assert len(letters) == 1 and letters[0].headers is not None, reason
+                assert reason in letters[0].headers[REASON_HEADER], letters[0].headers[REASON_HEADER]
+            data = {"pipeline_id": handle.id, **good.model_dump(mode="json", exclude_none=True)}
+            await publish(nc, new_event("quantum.review.submitted", data, source="tests"))
+            result = await handle.result()
+            view = await status(handle)
+    assert result.status == "succeeded"
+    assert [(e.reviewer, e.identity) for e in view.audit] == [("bob", "ed25519:bob")]  # refusals never reached it

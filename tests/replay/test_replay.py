@@ -11,7 +11,8 @@ findings were recorded and infrastructure had a state and project chains, ``v4-*
 digest, signed and appended to the audit stream; keep them: they prove that runs in
 flight across those changes still replay (through ``workflow.patched``). The ``*-repair*`` histories are model
 runs of the repair loop (recorded against a scripted OpenAI-compatible server), ``codegen-tested`` a code generation
-with tests on.
+with tests on, ``pipeline-policy`` a run under the deployment's reviewer groups and gate defaults and
+``pipeline-expired`` one whose gate expired.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def test_histories_are_recorded() -> None:
     assert {f"v2-{kind}" for kind in kinds} <= names
     assert {f"v3-{kind}" for kind in kinds} | {"infra-chained"} <= names
     assert {f"v4-{kind}" for kind in kinds} | {"v4-infra-chained"} <= names
+    assert {"pipeline-policy", "pipeline-expired"} <= names
 
 
 def workflow_id(path: Path) -> str:

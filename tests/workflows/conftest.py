@@ -108,14 +108,21 @@ async def wait_for_gate(handle: WorkflowHandle[Any, Any], gate: str) -> RunStatu
     return await wait_for(handle, lambda v: v.pending_gate == gate)
 
 
-@pytest.fixture
-async def harness(client: Client, nats_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
-    settings = Settings(data_dir=tmp_path / "data", nats_url=nats_url, _env_file=None)  # type: ignore[call-arg]
-    agents = build_agents(settings)
+@asynccontextmanager
+async def harness_with(client: Client, nats_url: str, tmp_path: Path, **settings: Any) -> AsyncIterator[Harness]:
+    """A harness whose worker's agents are built from settings with ``settings`` changed."""
+    config = Settings(data_dir=tmp_path / "data", nats_url=nats_url, _env_file=None, **settings)  # type: ignore[call-arg]
+    agents = build_agents(config)
     try:
-        yield Harness(client, settings, agents)
+        yield Harness(client, config, agents)
     finally:
         await agents.close()
+
+
+@pytest.fixture
+async def harness(client: Client, nats_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
+    async with harness_with(client, nats_url, tmp_path) as made:
+        yield made
 
 
 def files(**named: str) -> Reply:

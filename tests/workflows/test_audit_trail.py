@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import uuid
+from pathlib import Path
 
 import nats
 import pytest
@@ -17,6 +19,7 @@ from events.audit import AuditChain
 from events.models import ReviewDecision
 from quantum.audit import check, read_records
 from tests.cli.support import QUANTUM
+from tests.conftest import nats_server
 from tests.workflows.conftest import Harness, status, wait_for, wait_for_gate
 from workflows.audit_log import AuditLog
 from workflows.models import AuditEntry
@@ -125,8 +128,18 @@ async def test_reviews_pending_lists_a_run_at_its_gate_and_not_one_that_ended(
     assert waiting.id not in after.stdout
 
 
-async def test_a_pipelines_reviews_go_to_the_audit_stream_as_one_intact_chain(harness: Harness, nats_url: str) -> None:
-    """Through the real gate: a refused review (the requester) and an approval, each appended once, in order."""
+async def test_a_pipelines_reviews_go_to_the_audit_stream_as_one_intact_chain(
+    harness: Harness, nats_url: str, temporal_address: str, tmp_path: Path
+) -> None:
+    """Through the real gate: a refused review (the requester) and an approval, each appended once, in order. The
+    run keeps its chain's head, so removing the last record (which breaks no link) is still found."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUANTUM_")}
+    env.update(
+        QUANTUM_TEMPORAL_ADDRESS=temporal_address,
+        QUANTUM_NATS_URL=nats_url,
+        QUANTUM_DATA_DIR=str(harness.settings.data_path),
+        COLUMNS="400",
+    )
     async with harness.worker():
         handle = await harness.start_pipeline(environment="prod")
         await wait_for_gate(handle, "deploy")
@@ -134,12 +147,33 @@ async def test_a_pipelines_reviews_go_to_the_audit_stream_as_one_intact_chain(ha
         await handle.signal("review", ReviewDecision(gate="deploy", reviewer="bob", approved=True))
         await handle.result()
         view = await status(handle)
-    nc = await nats.connect(nats_url)
-    try:
-        stored = await read_records(nc, run_id=handle.id)
-    finally:
-        await nc.close()
-    verdict = check(stored)
-    assert verdict.intact and verdict.records == 2, verdict.problems
+        nc = await nats.connect(nats_url)
+        try:
+            stored = await read_records(nc, run_id=handle.id)
+            verdict = check(stored)
+            assert verdict.intact and verdict.records == 2, verdict.problems
+            assert (view.audit_records, view.audit_head) == (2, verdict.runs[0].head)
+            intact = await asyncio.to_thread(quantum, env, "audit", "verify", "--pipeline", handle.id)
+            assert intact.returncode == 0, intact.stdout + intact.stderr
+            assert "all intact" in intact.stdout
+
+        finally:
+            await nc.close()
+        # QUANTUM_AUDIT refuses deletes and purges; whoever can rewrite it can still drop the last record: the run's
+        # records but the last, copied into another server's audit stream
+        with contextlib.ExitStack() as stack:
+            rewritten = await asyncio.to_thread(stack.enter_context, nats_server(tmp_path / "rewritten"))
+            other = await nats.connect(rewritten)
+            try:
+                for record in stored[:-1]:
+                    await other.jetstream().publish(record.subject, record.data, timeout=10)
+                assert check(await read_records(other, run_id=handle.id)).intact  # the stream alone cannot tell
+            finally:
+                await other.close()
+            cut = await asyncio.to_thread(
+                quantum, env | {"QUANTUM_NATS_URL": rewritten}, "audit", "verify", "--pipeline", handle.id
+            )
+    assert cut.returncode == 1, cut.stdout + cut.stderr
+    assert "truncated" in cut.stdout and "record 2 missing from the end" in cut.stdout
     assert [(e.reviewer, e.accepted) for e in view.audit] == [("alice", False), ("bob", True)]
     assert not any("audit stream" in w for w in view.warnings)

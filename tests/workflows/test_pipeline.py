@@ -249,7 +249,7 @@ async def test_security_gate_times_out_from_the_policy(harness: Harness) -> None
         view = await status(handle)
     assert error.type == "GateTimedOut"
     assert view.status == "timed_out"
-    assert view.gates["security"] == "timed_out"
+    assert view.gates["security"] == "expired"
     assert steps(view) == [("cleanup_tests", "completed"), ("cleanup_code", "completed")]
 
 
@@ -292,7 +292,7 @@ async def test_infra_gate_times_out(harness: Harness) -> None:
         error = await failure_of(handle)
         view = await status(handle)
     assert error.type == "GateTimedOut"
-    assert view.gates["infra"] == "timed_out"
+    assert view.gates["infra"] == "expired"
 
 
 async def test_prod_deploy_gate_approved(harness: Harness) -> None:
@@ -333,7 +333,7 @@ async def test_prod_deploy_gate_times_out(harness: Harness) -> None:
         view = await status(handle)
     assert error.type == "GateTimedOut"
     assert view.status == "timed_out"
-    assert view.gates["deploy"] == "timed_out"
+    assert view.gates["deploy"] == "expired"
 
 
 # --- reviews the policy refuses -------------------------------------------------------------------------------------

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.client import WorkflowFailureError
+from temporalio.client import Client, WorkflowFailureError
 
 from events.models import ReviewDecision
 from tests.agents.openai_server import OpenAIServer
 
-from .conftest import Harness, failing, files, wait_for, wait_for_gate
+from .conftest import Harness, failing, files, harness_with, wait_for, wait_for_gate
 from .test_repair import PROMPT, RIGHT, WRONG, suite
 
 pytestmark = pytest.mark.skipif(
@@ -131,3 +131,27 @@ async def test_record_the_repair_loop(model: tuple[Harness, OpenAIServer]) -> No
         handle = await harness.start("CodeGenerationWorkflow", request, prefix="codegen")
         await handle.result()
         await save(handle, "codegen-tested")
+
+
+async def test_record_the_deployments_review_policy(client: Client, nats_url: str, tmp_path: Path) -> None:
+    """Groups and gate defaults from the worker's settings, a gate rule letting the requester review, a signed
+    review refused and then one accepted; and a gate that expires."""
+    settings = {
+        "reviewer_groups": {"release": ["ann", "bob"]},
+        "review_defaults": {"deploy": {"groups": ["release"], "required_approvals": 2}},
+    }
+    async with harness_with(client, nats_url, tmp_path, **settings) as harness, harness.worker():
+        policy = {"gates": {"deploy": {"requester_may_review": True}}}
+        handle = await harness.start_pipeline(environment="prod", requested_by="ann", approval_policy=policy)
+        await wait_for_gate(handle, "deploy")
+        await handle.signal("review", ReviewDecision(gate="deploy", reviewer="carol", approved=True))
+        await handle.signal("review", ReviewDecision(gate="deploy", reviewer="ann", approved=True))
+        await handle.signal("review", ReviewDecision(gate="deploy", reviewer="bob", approved=True))
+        await handle.result()
+        await save(handle, "pipeline-policy")
+
+        expiring = {"gates": {"deploy": {"timeout_seconds": 2}}, "reviewers": ["bob"]}
+        handle = await harness.start_pipeline(environment="prod", approval_policy=expiring)
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        await save(handle, "pipeline-expired")

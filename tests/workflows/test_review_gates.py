@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,20 +14,21 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from temporalio import workflow
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
-from temporalio.worker import Replayer
+from temporalio.worker import Replayer, Worker
 
-from events.models import ReviewDecision
+from events.models import ApprovalPolicy, ReviewDecision
 from quantum.cli.review import signed
-from quantum.settings import Settings
-from quantum.worker import build_agents
 from workflows import WORKFLOWS
-from workflows.models import ReviewVerdict
+from workflows.models import ReviewVerdict, RunStatusView
+from workflows.saga import Run
 
-from .conftest import Harness, wait_for, wait_for_gate
+from .conftest import Harness, harness_with, wait_for, wait_for_gate
+from .conftest import status as status_of
 
 pytestmark = pytest.mark.workflow
 
@@ -121,19 +124,20 @@ def public(key: Ed25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
-@pytest.fixture
-async def keyed(client: Client, nats_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
-    """A harness whose worker knows the public keys of bob and carol (not mallory's)."""
+def key_folder(tmp_path: Path) -> Path:
+    """The public keys of bob and carol (not mallory's), as a deployment mounts them."""
     keys = tmp_path / "keys"
     keys.mkdir()
     (keys / "bob.pub").write_bytes(public(BOB))
     (keys / "carol.pub").write_text(base64.b64encode(public(CAROL)).decode())
-    settings = Settings(data_dir=tmp_path / "data", nats_url=nats_url, reviewer_keys=keys, _env_file=None)  # type: ignore[call-arg]
-    agents = build_agents(settings)
-    try:
-        yield Harness(client, settings, agents)
-    finally:
-        await agents.close()
+    return keys
+
+
+@pytest.fixture
+async def keyed(client: Client, nats_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
+    """A harness whose worker knows the public keys of bob and carol (not mallory's)."""
+    async with harness_with(client, nats_url, tmp_path, reviewer_keys=key_folder(tmp_path)) as made:
+        yield made
 
 
 async def test_signed_reviews_on_the_update_and_the_signal(keyed: Harness) -> None:
@@ -176,3 +180,91 @@ async def test_signed_reviews_on_the_update_and_the_signal(keyed: Harness) -> No
         finally:
             await handle.terminate("test over")
         await replays(handle)
+
+
+async def test_the_deployments_groups_and_defaults_rule_the_gates(
+    client: Client, nats_url: str, tmp_path: Path
+) -> None:
+    """Groups and gate defaults come from the worker's settings (recorded in the run's history): the deployment's
+    quorum is a floor under the request's, the requester reviews only where the policy allows it, and a gate no one
+    can approve fails the run when it opens instead of waiting for its timeout."""
+    settings = {
+        "reviewer_groups": {"release": ["ann", "bob"]},
+        "review_defaults": {"deploy": {"groups": ["release"], "required_approvals": 2, "timeout_seconds": 3600}},
+    }
+    async with harness_with(client, nats_url, tmp_path, **settings) as harness, harness.worker():
+        mine = {"required_approvals": {"deploy": 1}, "gates": {"deploy": {"requester_may_review": True}}}
+        handle = await harness.start_pipeline(environment="prod", requested_by="ann", approval_policy=mine)
+        nobody = await harness.start_pipeline(environment="prod", approval_policy={"groups": ["nobody"]})
+        try:
+            view = await wait_for_gate(handle, "deploy")
+            digest = view.gate_digests["deploy"]
+            reason = await refused(handle, review("carol", digest=digest))
+            assert "not a reviewer allowed" in reason and "group release" in reason
+            verdict = await update(handle, review("Ann", digest=digest))  # the requester, allowed for this gate
+            assert (verdict.gate_state, verdict.required_approvals) == ("pending", 2)  # the floor holds
+            verdict = await update(handle, review("bob", digest=digest))
+            assert verdict.gate_state == "approved"
+            assert (await handle.result()).status == "succeeded"
+
+            with pytest.raises(WorkflowFailureError):
+                await nobody.result()
+            ended = await wait_for(nobody, lambda v: v.status == "failed")
+            assert "needs 2 approvals but only 0 people may review it (unknown groups: nobody)" in (ended.error or "")
+            assert ended.stages["deploy_application"] == "failed" and ended.compensations
+        finally:
+            for run in (handle, nobody):
+                with contextlib.suppress(Exception):
+                    await run.terminate("test over")
+        await replays(handle)
+
+
+@workflow.defn(name="RegatedProbe", sandboxed=False)
+class RegatedProbe:
+    """Opens the deploy gate once per digest, as a run would after regenerating what the gate asked about."""
+
+    @workflow.init
+    def __init__(self, digests: list[str]) -> None:
+        view = RunStatusView(pipeline_id=workflow.info().workflow_id, workflow="RegatedProbe")
+        self._run = Run(view, policy=ApprovalPolicy(), requester="alice", project="regated")
+
+    @workflow.run
+    async def run(self, digests: list[str]) -> None:
+        async def body() -> None:
+            for digest in digests:
+                await self._run.gate("deploy", "deploy_application", reason="regenerated", digest=digest)
+
+        await self._run.execute(body)
+
+    @workflow.update(name="review")
+    def review_update(self, decision: ReviewDecision) -> ReviewVerdict:
+        return self._run.review_update(decision)
+
+    @review_update.validator
+    def validate_review(self, decision: ReviewDecision) -> None:
+        self._run.validate_review(decision)
+
+    @workflow.query(name="status")
+    def status(self) -> RunStatusView:
+        return self._run.view
+
+
+async def test_content_regenerated_after_a_review_revokes_it(harness: Harness) -> None:
+    """A gate that opens again on new content starts with no approvals: the reviews of the content before it no
+    longer count, and a review naming the old digest is refused as stale."""
+    first, second = "1" * 64, "2" * 64
+    activities = harness.agents.activities()
+    async with Worker(harness.client, task_queue=harness.task_queue, workflows=[RegatedProbe], activities=activities):
+        handle = await harness.client.start_workflow(
+            RegatedProbe.run, [first, second], id=f"regated-{uuid.uuid4()}", task_queue=harness.task_queue
+        )
+        await wait_for(handle, lambda v: v.gate_digests.get("deploy") == first and v.pending_gate == "deploy")
+        assert (await update(handle, review("bob", digest=first))).gate_state == "approved"
+        view = await wait_for(handle, lambda v: v.gate_digests.get("deploy") == second and v.pending_gate == "deploy")
+        assert view.approvals["deploy"] == []  # bob's approval was of the first content
+        assert any("approvals of 111111111111… cleared" in w for w in view.warnings), view.warnings
+        assert "stale" in await refused(handle, review("carol", digest=first))
+        assert (await update(handle, review("bob", digest=second))).gate_state == "approved"
+        await handle.result()
+        accepted = [(e.reviewer, e.digest) for e in (await status_of(handle)).audit if e.accepted]
+    assert accepted == [("bob", first), ("bob", second)]

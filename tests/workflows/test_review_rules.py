@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from agents.reviewers import KeyFileError, load_public_keys
 from events import signing
-from events.models import ApprovalPolicy, ReviewDecision, ReviewInput
-from workflows.reviews import ReviewContext, identity, is_service_identity, refusal
+from events.models import ApprovalPolicy, GateRule, ReviewDecision, ReviewInput
+from workflows.reviews import ReviewContext, gate_policy, identity, is_service_identity, refusal
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 DIGEST = "ab" * 32
@@ -166,3 +166,66 @@ def test_quantum_review_signs_with_the_key_file(tmp_path: Path) -> None:
         assert decision.nonce and decision.expires_at and decision.signature
         assert refusal(decision, ctx(keys=KEYS)) is None
         assert "does not verify" in (refusal(decision, ctx(keys=KEYS, run_id="pipeline-2")) or "")
+
+
+GROUPS = {"release": ["Ann", "bob"], "sre": ["carol"]}
+
+
+def test_a_gate_rule_comes_from_the_gate_then_the_run_then_the_deployment() -> None:
+    defaults = {"deploy": GateRule(groups=["release"], required_approvals=2, timeout_seconds=600)}
+    rule = gate_policy("deploy", ApprovalPolicy(), defaults=defaults, groups=GROUPS)
+    assert (rule.groups, rule.members, rule.required_approvals, rule.timeout_seconds) == (
+        ("release",),
+        frozenset({"ann", "bob"}),
+        2,
+        600.0,
+    )
+    assert not rule.requester_may_review  # never, by default
+    # the run's policy names who reviews; the deployment's quorum stays a floor
+    run_wide = ApprovalPolicy(groups=["sre"], reviewers=["dave"], required_approvals={"deploy": 1})
+    rule = gate_policy("deploy", run_wide, defaults=defaults, groups=GROUPS)
+    assert (rule.reviewers, rule.groups, rule.required_approvals) == (("dave",), ("sre",), 2)
+    # the gate's own rule wins over the run-wide one
+    gated = ApprovalPolicy(reviewers=["dave"], gates={"deploy": GateRule(groups=["release"], timeout_seconds=30)})
+    rule = gate_policy("deploy", gated, defaults=defaults, groups=GROUPS)
+    assert (rule.reviewers, rule.groups, rule.timeout_seconds) == ((), ("release",), 30.0)
+    # other gates keep the request's rules
+    assert gate_policy("security", gated, defaults=defaults, groups=GROUPS).reviewers == ("dave",)
+
+
+def test_group_members_review_and_others_are_told_who_may() -> None:
+    rule = gate_policy("deploy", ApprovalPolicy(groups=["release"]), groups=GROUPS)
+    assert refusal(plain("ANN"), ctx(rule=rule)) is None
+    reason = refusal(plain("carol"), ctx(rule=rule)) or ""
+    assert "not a reviewer allowed" in reason and "group release" in reason
+
+
+def test_the_requester_reviews_only_where_allowed() -> None:
+    allowed = ApprovalPolicy(gates={"deploy": GateRule(requester_may_review=True)})
+    assert refusal(plain("alice"), ctx(rule=gate_policy("deploy", allowed))) is None
+    assert "requested this run" in (refusal(plain("alice"), ctx(rule=gate_policy("security", allowed))) or "")
+    # a deployment that says never is not overridden by a request
+    never = {"deploy": GateRule(requester_may_review=False)}
+    rule = gate_policy("deploy", allowed, defaults=never)
+    assert "requested this run" in (refusal(plain("alice"), ctx(rule=rule)) or "")
+    # and a deployment default that allows it applies when the request says nothing
+    allowing = {"deploy": GateRule(requester_may_review=True)}
+    assert gate_policy("deploy", ApprovalPolicy(), defaults=allowing).requester_may_review
+
+
+def test_a_quorum_no_one_can_reach_is_found_when_the_gate_opens() -> None:
+    rule = gate_policy("deploy", ApprovalPolicy(groups=["release"], required_approvals={"deploy": 3}), groups=GROUPS)
+    assert "needs 3 approvals but only 2 people" in (rule.unreachable("alice") or "")
+    rule = gate_policy("deploy", ApprovalPolicy(groups=["release"], required_approvals={"deploy": 2}), groups=GROUPS)
+    assert rule.unreachable("alice") is None
+    assert "only 1 person may" in (rule.unreachable("bob") or "")  # the requester does not count
+    unknown = gate_policy("deploy", ApprovalPolicy(groups=["nobody"]), groups=GROUPS)
+    assert "unknown groups: nobody" in (unknown.unreachable("alice") or "")
+    assert gate_policy("deploy", ApprovalPolicy()).unreachable("alice") is None  # anyone may review
+    with pytest.raises(ValueError, match="needs 3 approvals but only 2 reviewers"):
+        ApprovalPolicy(reviewers=["a", "b"], gates={"deploy": GateRule(required_approvals=3)})
+
+
+def test_a_policy_with_only_the_old_fields_serialises_as_before() -> None:
+    old = {"reviewers": ["bob"], "required_approvals": {"deploy": 1}, "timeout_seconds": {"deploy": 60.0}}
+    assert ApprovalPolicy.model_validate(old).model_dump(mode="json") == old

@@ -21,6 +21,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from prometheus_client import Counter
+
 from agents.processes import run_bounded
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,13 @@ SANDBOX_MOUNT = "/workspace"
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 MAX_OUTPUT_BYTES = 256 * 1024
 """The last bytes of each of stdout and stderr kept from a sandboxed run; the rest is read and dropped."""
+
+
+RUNS = Counter(
+    "quantum_sandbox_runs_total",
+    "Sandboxed processes run to their end, by outcome (passed: exit 0, failed, timed_out) and isolation",
+    ["outcome", "isolation"],
+)
 
 
 @dataclass(frozen=True)
@@ -225,6 +234,8 @@ class Sandbox:
             max_output=MAX_OUTPUT_BYTES,
             keep_tail=True,
         )
+        outcome = "timed_out" if done.timed_out else ("passed" if done.returncode == 0 else "failed")
+        RUNS.labels(outcome, isolation).inc()
         return SandboxResult(
             returncode=done.returncode,
             stdout=done.stdout.decode(errors="replace"),

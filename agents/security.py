@@ -56,9 +56,7 @@ from agents.models import (
 from agents.processes import child_env, run_bounded
 from agents.workspace import Workspaces, files_under
 
-FINDINGS = Counter(
-    "quantum_agent_security_findings_total", "Security findings by tool and severity", ["tool", "severity"]
-)
+FINDINGS = Counter("quantum_findings_total", "Security findings by tool and severity", ["tool", "severity"])
 SCAN_TIMEOUT_SECONDS = 300
 MAX_REPORT_BYTES = 32 * 1024 * 1024
 MAX_FINDINGS = 200

@@ -20,7 +20,6 @@ record: when that record *is* this one (same hash), it was already appended (a r
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import re
@@ -28,13 +27,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import nats
 from nats.aio.client import Client as NATS
 from nats.js.errors import APIError, NotFoundError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from events.connection import LazyConnection
 from events.envelope import MalformedEvent, load_json
 
 AUDIT_STREAM = "QUANTUM_AUDIT"
@@ -204,16 +203,7 @@ class AuditRecorder:
 
     def __init__(self, nats_url: str) -> None:
         self.nats_url = nats_url
-        self._nc: NATS | None = None
-        self._lock = asyncio.Lock()
-
-    async def _connection(self) -> NATS:
-        async with self._lock:
-            if self._nc is None or self._nc.is_closed:
-                self._nc = await nats.connect(
-                    servers=[s.strip() for s in self.nats_url.split(",")], connect_timeout=5, max_reconnect_attempts=-1
-                )
-            return self._nc
+        self._connection = LazyConnection(nats_url)
 
     @activity.defn(name="audit.append")
     async def append(self, inp: AppendAuditInput) -> AppendedRecord:
@@ -227,7 +217,7 @@ class AuditRecorder:
                 type="InvalidAuditRecord",
                 non_retryable=True,
             )
-        nc = await self._connection()
+        nc = await self._connection.get()
         js = nc.jetstream()
         last = await _last_record(nc, subject)
         if last is not None and last[1].get("hash") == record["hash"]:  # appended before, past the duplicate window
@@ -253,8 +243,7 @@ class AuditRecorder:
         )
 
     async def close(self) -> None:
-        if self._nc is not None and not self._nc.is_closed:
-            await self._nc.close()
+        await self._connection.close()
 
     def activities(self) -> list[Callable[..., Any]]:
         return [self.append]

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -46,8 +47,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import BadRequestError
-from prometheus_client import Counter, Histogram
+from nats.js.errors import BadRequestError, NotFoundError
+from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDReusePolicy
@@ -78,10 +79,25 @@ _REMEMBERED = 10_000  # messages whose failures the bridge remembers at once; th
 
 EVENTS = Counter("quantum_bridge_events_total", "Inbound events by type and outcome", ["type", "outcome"])
 START_LATENCY = Histogram(
-    "quantum_bridge_publish_to_start_seconds",
+    "quantum_bridge_start_latency_seconds",
     "From an event's arrival in the stream to its workflow start",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+DEAD_LETTERS = Counter("quantum_bridge_dead_letters_total", "Inbound events dead-lettered, by reason", ["reason"])
+REDELIVERIES = Counter("quantum_bridge_redeliveries_total", "Inbound events delivered more than once")
+LAG = Gauge("quantum_bridge_lag_seconds", "Age of the oldest inbound event not yet acknowledged (0 when none waits)")
+PENDING = Gauge("quantum_bridge_pending_events", "Inbound events not yet acknowledged (waiting or in flight)")
+LAG_INTERVAL_SECONDS = 5.0
+_REASON_KIND = re.compile(r"^([A-Z][A-Za-z]{2,40})\b")
+
+
+def reason_kind(reason: str) -> str:
+    """The kind a dead letter's reason starts with (``ReviewRefused``, ``MalformedEvent``...): a bounded metric
+    label, never the reason's text."""
+    found = _REASON_KIND.match(reason)
+    return found.group(1) if found else "Other"
+
+
 # Temporal answers these when it cannot take the call now; anything else is about the call itself
 TRANSIENT = {
     RPCStatusCode.UNAVAILABLE,
@@ -302,6 +318,7 @@ class Bridge:
         await self.ensure_consumer()
         sub = await self.js.pull_subscribe_bind(durable=self.config.consumer, stream=EVENTS_STREAM)
         log.info("bridge consuming %s as %s", EVENTS_STREAM, self.config.consumer)
+        watcher = asyncio.create_task(self._watch_lag(stop))
         try:
             while not stop.is_set():
                 try:
@@ -315,7 +332,41 @@ class Bridge:
                 else:
                     self._failures = 0
         finally:
+            watcher.cancel()
             await sub.unsubscribe()
+
+    async def lag(self) -> tuple[float, int]:
+        """How old the oldest unacknowledged inbound event is (seconds) and how many wait or are in flight.
+
+        Every message at or below the consumer's ack floor is settled, so the first inbound message after it is
+        the oldest one not yet acknowledged.
+        """
+        info = await self.js.consumer_info(EVENTS_STREAM, self.config.consumer)
+        waiting = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+        if not waiting:
+            return 0.0, 0
+        after = int(info.ack_floor.stream_seq or 0) + 1 if info.ack_floor else 1
+        oldest: float | None = None
+        for subject in self.config.inbound_subjects:
+            try:
+                found = await self.js.get_msg(EVENTS_STREAM, seq=after, subject=subject, next=True)
+            except NotFoundError:
+                continue
+            if found.time is not None:
+                stamp = found.time.timestamp()
+                oldest = stamp if oldest is None else min(oldest, stamp)
+        return (max(0.0, time.time() - oldest) if oldest is not None else 0.0), waiting
+
+    async def _watch_lag(self, stop: asyncio.Event) -> None:
+        """Keep the lag gauges current while the bridge runs; a failed look leaves them as they were."""
+        while not stop.is_set():
+            try:
+                seconds, waiting = await self.lag()
+                LAG.set(seconds)
+                PENDING.set(waiting)
+            except Exception as err:  # the bus away for a moment: the next look tries again
+                log.debug("cannot read the bridge's lag: %s", err)
+            await asyncio.sleep(LAG_INTERVAL_SECONDS)
 
     async def _back_off(self, seconds: float) -> None:
         """Wait before the next fetch while Temporal cannot take calls."""
@@ -343,6 +394,8 @@ class Bridge:
     async def _handle(self, msg: Msg) -> tuple[Outcome, str]:
         meta = msg.metadata
         sequence = meta.sequence.stream
+        if meta.num_delivered > 1:
+            REDELIVERIES.inc()
         if meta.num_delivered >= self.config.max_deliver:
             last = self._message_failures.last_error(sequence) or (
                 "none seen by this bridge process (a delivery may have ended the process)"
@@ -485,6 +538,7 @@ class Bridge:
                 await msg.nak(delay=self.config.retry_delays[-1])
                 return Outcome.FAILED
         await msg.term()
+        DEAD_LETTERS.labels(reason_kind(reason)).inc()
         self._message_failures.forget(sequence)
         log.info(
             "dead-lettered message %s%s: %s",

@@ -6,14 +6,11 @@ activity (or a replayed workflow) publishes a duplicate that JetStream drops wit
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
 from collections.abc import Callable
 from typing import Any
 
-import nats
-from nats.aio.client import Client as NATS
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from temporalio import activity
@@ -21,6 +18,7 @@ from temporalio.exceptions import ApplicationError
 
 from events.bridge import wire_size
 from events.catalog import OUTBOUND
+from events.connection import LazyConnection
 from events.envelope import describe, new_event
 
 SOURCE = "quantum-suite"
@@ -68,16 +66,7 @@ class EventPublisher:
     def __init__(self, nats_url: str, *, source: str = SOURCE) -> None:
         self.nats_url = nats_url
         self.source = source
-        self._nc: NATS | None = None
-        self._lock = asyncio.Lock()
-
-    async def _connection(self) -> NATS:
-        async with self._lock:
-            if self._nc is None or self._nc.is_closed:
-                self._nc = await nats.connect(
-                    servers=[s.strip() for s in self.nats_url.split(",")], connect_timeout=5, max_reconnect_attempts=-1
-                )
-            return self._nc
+        self._connection = LazyConnection(nats_url)
 
     @activity.defn(name="events.publish")
     async def publish(self, inp: PublishEventInput) -> PublishedEvent:
@@ -93,7 +82,7 @@ class EventPublisher:
         event = new_event(
             inp.type, data, source=self.source, event_id=event_id(inp.workflow_id, inp.step), subject=inp.workflow_id
         )
-        nc = await self._connection()
+        nc = await self._connection.get()
         raw, headers = event.to_bytes(), {"Nats-Msg-Id": event.id}
         size = wire_size(raw, headers)
         if size > nc.max_payload:  # the server would drop the connection, not refuse the message
@@ -109,8 +98,7 @@ class EventPublisher:
         )
 
     async def close(self) -> None:
-        if self._nc is not None and not self._nc.is_closed:
-            await self._nc.close()
+        await self._connection.close()
 
     def activities(self) -> list[Callable[..., Any]]:
         return [self.publish]

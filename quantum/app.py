@@ -20,6 +20,7 @@ from quantum.client import connect
 from quantum.metrics import serve_metrics
 from quantum.settings import Settings
 from quantum.stack import EmbeddedStack
+from quantum.telemetry import telemetry
 from quantum.worker import Agents, build_agents, new_worker
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,8 @@ async def running(
     """
     async with AsyncExitStack() as exits:
         stack = await exits.enter_async_context(EmbeddedStack(settings, console_log=say))
-        client = await connect(settings, address=stack.temporal_address)
+        runtime = telemetry().runtime if with_metrics else None
+        client = await connect(settings, address=stack.temporal_address, runtime=runtime)
         nc = await connect_nats(stack.nats_url)
         exits.push_async_callback(nc.close)
         await ensure_streams(nc.jetstream(), settings.stream_limits())

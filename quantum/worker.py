@@ -28,6 +28,7 @@ from agents.workspace import Workspaces
 from events.audit import AuditRecorder
 from events.publisher import EventPublisher
 from quantum.heartbeat import HeartbeatInterceptor
+from quantum.metrics import ActivityMetricsInterceptor
 from quantum.settings import Settings
 from workflows import WORKFLOWS
 
@@ -137,7 +138,7 @@ def new_worker(
     **options: Any,
 ) -> Worker:
     """A worker for the three workflows and ``activities`` on ``task_queue``; every activity heartbeats."""
-    interceptors = [HeartbeatInterceptor(), *options.pop("interceptors", [])]
+    interceptors = [HeartbeatInterceptor(), ActivityMetricsInterceptor(), *options.pop("interceptors", [])]
     return Worker(
         client,
         task_queue=task_queue,

@@ -13,6 +13,7 @@ from temporalio.exceptions import FailureError
 
 with workflow.unsafe.imports_passed_through():
     from events.catalog import CompensationCompleted
+    from workflows import metrics
     from workflows.models import CompensationRecord
     from workflows.runview import RunView, failure_message
 
@@ -41,6 +42,7 @@ class Compensations:
             else:
                 record = CompensationRecord(step=step, outcome="completed")
             view.compensations.append(record)
+            metrics.compensation(step, record.outcome)
             await self._run.announce(
                 "quantum.compensation.completed",
                 f"compensation.{step}",

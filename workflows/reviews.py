@@ -42,7 +42,7 @@ with workflow.unsafe.imports_passed_through():
         ReviewDecision,
         normalise_identity,
     )
-    from workflows import presets
+    from workflows import metrics, presets
     from workflows.audit_log import AuditLog
     from workflows.models import (
         MAX_REFUSED_COMMENT_CHARS,
@@ -216,6 +216,20 @@ class ReviewContext:
     """The gate's rule; None: the one ``policy`` alone gives (no deployment defaults, no groups)."""
 
 
+def signed_message(decision: ReviewDecision, run_id: str) -> bytes:
+    """The bytes a reviewer signs: the review's canonical form for ``run_id``."""
+    return signing.canonical(
+        run_id=run_id,
+        gate=decision.gate,
+        digest=decision.digest,
+        reviewer=decision.reviewer,
+        approved=decision.approved,
+        comment=decision.comment,
+        nonce=decision.nonce,
+        expires_at=decision.expires_at,
+    )
+
+
 def _authentication_problem(decision: ReviewDecision, ctx: ReviewContext) -> str | None:
     keys = ctx.keys
     assert keys is not None
@@ -225,16 +239,7 @@ def _authentication_problem(decision: ReviewDecision, ctx: ReviewContext) -> str
     key = keys.get(normalise_identity(decision.reviewer))
     if key is None:
         return f"no public key is configured for {decision.reviewer!r}"
-    message = signing.canonical(
-        run_id=ctx.run_id,
-        gate=decision.gate,
-        digest=decision.digest,
-        reviewer=decision.reviewer,
-        approved=decision.approved,
-        comment=decision.comment,
-        nonce=decision.nonce,
-        expires_at=decision.expires_at,
-    )
+    message = signed_message(decision, ctx.run_id)
     if not signing.verify(key, message, decision.signature):
         return f"the signature does not verify with the key of {decision.reviewer!r} (altered, or another key)"
     expiry = signing.parse_expiry(decision.expires_at)
@@ -286,6 +291,30 @@ def refusal(decision: ReviewDecision, ctx: ReviewContext) -> str | None:
     return None
 
 
+_REFUSAL_KINDS: tuple[tuple[str, str], ...] = (
+    ("the review is unsigned", "unsigned"),
+    ("no public key is configured", "unknown_key"),
+    ("does not verify", "bad_signature"),
+    ("expires_at is not", "bad_signature"),
+    ("the review expired", "expired"),
+    ("a replayed review", "replayed"),
+    ("agent or service identity", "service_identity"),
+    ("requested this run", "requester"),
+    ("not a reviewer allowed", "not_allowed"),
+    ("already approved", "duplicate"),
+    (": stale", "stale"),
+    ("must name the digest", "stale"),
+    ("is not pending", "not_pending"),
+    ("unknown gate", "unknown_gate"),
+)
+
+
+def refusal_kind(reason: str) -> str:
+    """The kind of a refusal reason (a bounded metric label): ``unsigned``, ``stale``, ``requester``...;
+    ``invalid`` for a field out of its bounds."""
+    return next((kind for fragment, kind in _REFUSAL_KINDS if fragment in reason), "invalid")
+
+
 def identity(decision: ReviewDecision, ctx: ReviewContext) -> str:
     """How the reviewer is known: ``unauthenticated`` without keys, ``ed25519:<name>`` when the signature verifies
     with that reviewer's key, empty otherwise."""
@@ -297,16 +326,7 @@ def identity(decision: ReviewDecision, ctx: ReviewContext) -> str:
     key = ctx.keys.get(name)
     if key is None:
         return ""
-    message = signing.canonical(
-        run_id=ctx.run_id,
-        gate=decision.gate,
-        digest=decision.digest,
-        reviewer=decision.reviewer,
-        approved=decision.approved,
-        comment=decision.comment,
-        nonce=decision.nonce,
-        expires_at=decision.expires_at,
-    )
+    message = signed_message(decision, ctx.run_id)
     return f"ed25519:{name}" if signing.verify(key, message, decision.signature) else ""
 
 
@@ -374,6 +394,7 @@ class Gates:
         self.record_review(decision, reason, identity(decision, ctx) if self.bound and self.keys_loaded else "")
         if reason is not None:
             workflow.logger.info("review refused: %s", reason)
+            metrics.review_refused(refusal_kind(reason))
             return reason
         gate = decision.gate
         if not decision.approved:
@@ -392,6 +413,7 @@ class Gates:
             )
         reason, _ = self.judge(decision)
         if reason is not None:
+            metrics.review_refused(refusal_kind(reason))
             raise ApplicationError(reason, type=REFUSED, non_retryable=True)
 
     def update(self, decision: ReviewDecision) -> ReviewVerdict:
@@ -503,6 +525,7 @@ class Gates:
             if event_type == "quantum.review.reminder":
                 await self.run.announce(event_type, f"review.{gate}.reminder", ReviewReminder(**fields))
             else:
+                metrics.gate_escalated(gate)
                 contacts = list(self.policy.escalation_contacts)
                 await self.run.announce(
                     event_type, f"review.{gate}.escalated", ReviewEscalated(**fields, contacts=contacts)
@@ -533,6 +556,8 @@ class Gates:
         view.gates[gate] = "pending"
         view.approvals[gate] = []
         view.pending_gate = gate
+        opened = workflow.now()
+        metrics.gate_opened(gate)
         view.stage = stage
         view.stages[stage] = "awaiting_review"
         view.status = "awaiting_review"
@@ -552,11 +577,15 @@ class Gates:
                 await workflow.wait_condition(lambda: view.gates[gate] != "pending", timeout=timedelta(seconds=timeout))
         except TimeoutError:
             view.gates[gate] = "expired"
+        except asyncio.CancelledError:
+            metrics.gate_decided(gate, "cancelled", (workflow.now() - opened).total_seconds())
+            raise
         finally:
             view.pending_gate = None
             if view.status == "awaiting_review":
                 view.status = "running"
         state: GateState = view.gates[gate]
+        metrics.gate_decided(gate, state, (workflow.now() - opened).total_seconds())
         if state == "rejected":
             view.stages[stage] = "failed"
             raise RunStopped("rejected", f"gate {gate!r} was rejected")

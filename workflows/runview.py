@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import TypeVar
 
 from temporalio import workflow
@@ -23,7 +24,7 @@ with workflow.unsafe.imports_passed_through():
 
     from events.catalog import StageCompleted, StageFailed
     from events.publisher import EventPublisher, PublishEventInput
-    from workflows import presets
+    from workflows import metrics, presets
     from workflows.models import (
         MAX_ERROR_CHARS,
         MAX_WARNING_CHARS,
@@ -75,6 +76,7 @@ class RunView:
 
     def __init__(self, view: RunStatusView) -> None:
         self.view = view
+        self._stage_started: dict[str, datetime] = {}
 
     # --- outbound events ---------------------------------------------------------------------------------------
 
@@ -113,6 +115,7 @@ class RunView:
             result = await step()
         except asyncio.CancelledError:
             self.view.stages[name] = "cancelled"
+            self._timed(name, "cancelled")
             raise
         except RunStopped as stopped:
             await self.failed(name, stopped.message, attempt=attempt)
@@ -120,6 +123,7 @@ class RunView:
         except FailureError as err:
             if is_cancelled_exception(err):
                 self.view.stages[name] = "cancelled"
+                self._timed(name, "cancelled")
                 raise asyncio.CancelledError(str(err)) from err
             failed = RunStopped("failed", f"{name} failed: {failure_message(err)}")
             await self.failed(name, failed.message, attempt=attempt)
@@ -130,9 +134,17 @@ class RunView:
     def started(self, name: str) -> None:
         self.view.stage = name
         self.view.stages[name] = "running"
+        self._stage_started[name] = workflow.now()
+
+    def _timed(self, name: str, outcome: str) -> None:
+        """Record how long stage ``name`` took since it started (once per start)."""
+        began = self._stage_started.pop(name, None)
+        if began is not None:
+            metrics.stage_ended(name, outcome, (workflow.now() - began).total_seconds())
 
     async def succeeded(self, name: str, *, attempt: int = 1) -> None:
         self.view.stages[name] = "succeeded"
+        self._timed(name, "succeeded")
         await self.announce(
             "quantum.stage.completed",
             _step(f"stage.{name}", attempt, "completed"),
@@ -141,6 +153,7 @@ class RunView:
 
     async def failed(self, name: str, error: str, *, attempt: int = 1) -> None:
         self.view.stages[name] = "failed"
+        self._timed(name, "failed")
         await self.announce(
             "quantum.stage.failed",
             _step(f"stage.{name}", attempt, "failed"),
@@ -153,4 +166,5 @@ class RunView:
     def fail_stage(self, name: str, message: str, *, repairable: bool = False) -> RunStopped:
         """Mark ``name`` failed by a policy check and return the exception that stops the run."""
         self.view.stages[name] = "failed"
+        self._timed(name, "failed")
         return RunStopped("failed", clip(f"{name} failed: {message}", MAX_ERROR_CHARS), repairable=repairable)

@@ -18,6 +18,7 @@ from temporalio.exceptions import ApplicationError
 with workflow.unsafe.imports_passed_through():
     from events.catalog import PipelineCompleted, PipelineFailed, PipelineStarted
     from events.models import ApprovalPolicy, ReviewDecision
+    from workflows import metrics
     from workflows.compensations import Compensations
     from workflows.models import MAX_ERROR_CHARS, ReviewVerdict, RunStatus, RunStatusView, clip
     from workflows.reviews import BOUND_REVIEWS_PATCH, REVIEW_RULES_PATCH, Gates
@@ -54,6 +55,7 @@ class Run(RunView):
         self.environment = environment
         self.compensations = Compensations(self)
         self.gates = Gates(self, policy=policy, requester=requester)
+        self._began = workflow.now()
 
     # --- compensations -----------------------------------------------------------------------------------------
 
@@ -92,6 +94,7 @@ class Run(RunView):
         """Run the workflow body; on a stop or a cancellation compensate, then close with the right status."""
         view = self.view
         self.gates.begin()
+        metrics.run_started()
         try:
             await self.announce(
                 "quantum.pipeline.started",
@@ -116,12 +119,18 @@ class Run(RunView):
         await self.gates.drain()
         view.status = "succeeded"
         view.stage = None
+        self._finished("succeeded")
         await self.announce(
             "quantum.pipeline.completed",
             "completed",
             PipelineCompleted(pipeline_id=view.pipeline_id, status="succeeded", outputs=dict(view.outputs)),
         )
         return result
+
+    def _finished(self, status: str) -> None:
+        metrics.run_finished(status, (workflow.now() - self._began).total_seconds())
+        if any(c.outcome == "failed" for c in self.view.compensations):
+            metrics.partially_compensated()
 
     async def _close(self, status: RunStatus, error: str) -> None:
         """Compensate, set the final status, and announce how the run ended."""
@@ -131,6 +140,7 @@ class Run(RunView):
         await self.gates.drain()
         self.view.status = status
         self.view.stage = None
+        self._finished(status)
         await self.announce(
             "quantum.pipeline.failed",
             "failed",

@@ -30,7 +30,7 @@ from quantum.cli.params import RunId, describe_options
 from quantum.cli.runs import TERMINAL, GateHandler, ending, fetch_status, has_ended
 from quantum.views import plain
 from workflows.models import AuditEntry, ReviewVerdict, RunStatusView
-from workflows.reviews import REFUSED
+from workflows.reviews import REFUSED, signed_message
 
 REVIEW_OPTIONS = {
     "gate": "--gate",
@@ -73,20 +73,10 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 
 def signed(decision: ReviewDecision, run_id: str, key: Ed25519PrivateKey, now: datetime) -> ReviewDecision:
     """``decision`` with a fresh nonce, an expiry and the signature of its canonical form for ``run_id``."""
-    fields = decision.model_dump()
-    fields.update(nonce=secrets.token_urlsafe(18), expires_at=(now + SIGNATURE_LIFETIME).isoformat())
-    message = signing.canonical(
-        run_id=run_id,
-        gate=fields["gate"],
-        digest=fields["digest"],
-        reviewer=fields["reviewer"],
-        approved=fields["approved"],
-        comment=fields["comment"],
-        nonce=fields["nonce"],
-        expires_at=fields["expires_at"],
+    fresh = decision.model_copy(
+        update={"nonce": secrets.token_urlsafe(18), "expires_at": (now + SIGNATURE_LIFETIME).isoformat()}
     )
-    fields["signature"] = signing.sign(key, message)
-    return ReviewDecision.model_validate(fields)
+    return fresh.model_copy(update={"signature": signing.sign(key, signed_message(fresh, run_id))})
 
 
 async def review_by_update(

@@ -236,6 +236,10 @@ class RegatedProbe:
 
         await self._run.execute(body)
 
+    @workflow.signal(name="review")
+    def review(self, decision: ReviewDecision) -> None:
+        self._run.review(decision)
+
     @workflow.update(name="review")
     def review_update(self, decision: ReviewDecision) -> ReviewVerdict:
         return self._run.review_update(decision)
@@ -268,3 +272,24 @@ async def test_content_regenerated_after_a_review_revokes_it(harness: Harness) -
         await handle.result()
         accepted = [(e.reviewer, e.digest) for e in (await status_of(handle)).audit if e.accepted]
     assert accepted == [("bob", first), ("bob", second)]
+
+
+async def test_a_signed_review_refused_once_cannot_count_later(keyed: Harness) -> None:
+    """Bob's signed approval of the next content, sent early, is refused (stale); its nonce is spent, so when the
+    gate opens on that content the same review is refused as a replay instead of counting."""
+    first, second = "1" * 64, "2" * 64
+    async with Worker(
+        keyed.client, task_queue=keyed.task_queue, workflows=[RegatedProbe], activities=keyed.agents.activities()
+    ):
+        handle = await keyed.client.start_workflow(
+            RegatedProbe.run, [first, second], id=f"regated-{uuid.uuid4()}", task_queue=keyed.task_queue
+        )
+        await wait_for(handle, lambda v: v.pending_gate == "deploy" and v.gate_digests.get("deploy") == first)
+        early = signed(review("bob", digest=second), handle.id, BOB, datetime.now(UTC))
+        assert "stale" in await signal_refusal(handle, early)
+        assert (await status_of(handle)).audit[-1].identity == "ed25519:bob"  # the signature verified
+        await update(handle, signed(review("carol", digest=first), handle.id, CAROL, datetime.now(UTC)))
+        await wait_for(handle, lambda v: v.pending_gate == "deploy" and v.gate_digests.get("deploy") == second)
+        assert "a replayed review" in await refused(handle, early)
+        assert "a replayed review" in await signal_refusal(handle, early)
+        await handle.terminate("test over")

@@ -30,7 +30,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T", bound=BaseModel)
 
 REQUESTS = Counter(
-    "quantum_llm_requests_total", "Requests to the model endpoint by model and outcome", ["model", "outcome"]
+    "quantum_llm_requests_total", "Requests to the model endpoint by model and outcome: ok, error", ["model", "outcome"]
+)
+ERRORS = Counter(
+    "quantum_llm_errors_total", "Failed requests to the model endpoint by model and error type", ["model", "error_type"]
 )
 TOKENS = Counter("quantum_llm_tokens_total", "Tokens used, by model and kind", ["model", "kind"])
 COST = Counter("quantum_llm_cost_total", "What the model requests cost, in the configured currency", ["model"])
@@ -155,7 +158,8 @@ class LLMGateway:
                 **options,
             )
         except openai.OpenAIError as err:
-            REQUESTS.labels(self.config.model, type(err).__name__).inc()
+            REQUESTS.labels(self.config.model, "error").inc()
+            ERRORS.labels(self.config.model, type(err).__name__).inc()
             raise
         latency = time.perf_counter() - started
         model = self.config.model

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
@@ -17,9 +17,10 @@ from temporalio.client import Client
 from events.bridge import Bridge
 from events.streams import ensure_streams
 from quantum.client import connect
-from quantum.metrics import serve_metrics
+from quantum.metrics import MetricsError, serve_metrics
 from quantum.settings import Settings
 from quantum.stack import EmbeddedStack
+from quantum.stack.prometheus import ProcessTarget, reload_when_rules_change
 from quantum.telemetry import telemetry
 from quantum.worker import Agents, build_agents, new_worker
 
@@ -61,6 +62,27 @@ async def bridge_running(nc: NATS, client: Client, settings: Settings) -> AsyncI
                 await task
 
 
+@contextlib.contextmanager
+def metrics_served(
+    settings: Settings, job: str, *, optional: bool = False, say: Callable[[str], None] | None = None
+) -> Iterator[str | None]:
+    """Serve this process's ``/metrics`` and make it a target of the stack's Prometheus while it runs; yields its
+    URL (None when ``optional`` and the port is taken)."""
+    try:
+        server = serve_metrics(settings.metrics_port)
+    except MetricsError as err:
+        if not optional:
+            raise
+        (say or log.info)(f"metrics not served: {err}")
+        yield None
+        return
+    try:
+        with ProcessTarget(settings.data_path, job, f"127.0.0.1:{settings.metrics_port}"):
+            yield f"http://127.0.0.1:{settings.metrics_port}/metrics"
+    finally:
+        server.shutdown()
+
+
 @asynccontextmanager
 async def running(
     settings: Settings,
@@ -68,11 +90,13 @@ async def running(
     with_worker: bool = True,
     with_bridge: bool = True,
     with_metrics: bool = True,
+    metrics_optional: bool = False,
     say: Callable[[str], None] | None = None,
 ) -> AsyncIterator[Running]:
     """Bring up the stack (embedded servers where needed), the streams, the worker, the bridge and metrics.
 
-    Everything started here is stopped on exit, in reverse order, whatever ended the body.
+    Everything started here is stopped on exit, in reverse order, whatever ended the body. With
+    ``metrics_optional``, a metrics port in use is said and the rest runs without the endpoint.
     """
     async with AsyncExitStack() as exits:
         stack = await exits.enter_async_context(EmbeddedStack(settings, console_log=say))
@@ -85,9 +109,8 @@ async def running(
         exits.push_async_callback(agents.close)
         metrics_url = None
         if with_metrics:
-            server = serve_metrics(settings.metrics_port)
-            exits.callback(server.shutdown)
-            metrics_url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
+            job = "quantum-worker" if with_worker else "quantum-bridge"
+            metrics_url = exits.enter_context(metrics_served(settings, job, optional=metrics_optional, say=say))
         if with_worker:
             for run_id, action in agents.deploy.restore():
                 (say or log.info)(f"release of {run_id}: {action}")
@@ -95,6 +118,9 @@ async def running(
             await exits.enter_async_context(worker)
         if with_bridge:
             await exits.enter_async_context(bridge_running(nc, client, settings))
+        if stack.prometheus_url:
+            watcher = asyncio.create_task(reload_when_rules_change(stack.prometheus_url, settings.data_path))
+            exits.callback(watcher.cancel)
         yield Running(stack=stack, client=client, nc=nc, agents=agents, metrics_url=metrics_url)
 
 

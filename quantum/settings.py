@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     llm_completion_price_per_1k: float = Field(default=0.0, ge=0, description="Price of 1000 completion tokens.")
 
     metrics_port: int = DEFAULT_METRICS_PORT
+    prometheus: bool = Field(
+        default=True, description="Whether `quantum up` starts Debian's prometheus (when installed) for the stack."
+    )
+    prometheus_port: int = Field(default=9090, description="Where the stack's Prometheus serves (on loopback).")
+    prometheus_bin: str = Field(default="prometheus", description="The prometheus program: a name on PATH or a path.")
 
     test_timeout_seconds: float = Field(default=180.0, gt=0, description="Wall-clock limit of one test run.")
     deploy_host: str = "127.0.0.1"

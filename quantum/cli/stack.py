@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from events.streams import EVENTS_STREAM, ensure_streams
-from quantum.app import bridge_running, running, wait_for_stop_signal
+from quantum.app import Running, bridge_running, metrics_served, running, wait_for_stop_signal
 from quantum.cli.apps import app
 from quantum.cli.connect import client_for, load_settings, nats_for
 from quantum.cli.errors import USAGE, run
@@ -31,6 +31,16 @@ def progress(line: str) -> None:
     console.print(plain(line, style="dim"), soft_wrap=True)
 
 
+DASHBOARDS = "helm/quantum/dashboards/*.json (import into Grafana: docs/operations.md)"
+
+
+def add_observability_rows(table: Table, live: Running) -> None:
+    """Where the metrics, the Prometheus and the dashboards are."""
+    table.add_row("metrics", plain(live.metrics_url or "off"))
+    table.add_row("Prometheus", plain(live.stack.prometheus_url or "not running"))
+    table.add_row("dashboards", plain(DASHBOARDS))
+
+
 @app.command()
 def up() -> None:
     """Start the embedded stack (Temporal, NATS) where nothing answers, the worker and metrics; Ctrl-C stops all."""
@@ -45,11 +55,13 @@ def up() -> None:
             if live.stack.temporal_ui_url:
                 table.add_row("Temporal UI", plain(live.stack.temporal_ui_url))
             table.add_row("NATS", plain(without_secrets(live.stack.nats_url)))
-            table.add_row("metrics", plain(live.metrics_url or "off"))
+            add_observability_rows(table, live)
             table.add_row("task queue", plain(settings.task_queue))
             table.add_row("started here", plain(", ".join(live.stack.started) or "nothing (using what was running)"))
             table.add_row("data", plain(settings.data_path))
             console.print(table)
+            for note in live.stack.notes:
+                say(Text(note, style="yellow"))
             say("Press Ctrl-C to stop.")
             await wait_for_stop_signal()
             say("stopping…")
@@ -69,7 +81,7 @@ def demo(
         fail("no terminal to ask at the gates; pass --auto-approve", USAGE)
 
     async def go() -> RunStatusView:
-        async with running(settings, with_metrics=False, say=progress) as live:
+        async with running(settings, metrics_optional=True, say=progress) as live:
             run_id = await request_pipeline(live.nc, settings, request)
             handle = live.client.get_workflow_handle(run_id)
             say(
@@ -83,6 +95,11 @@ def demo(
             on_gate = auto_approver(request) if auto_approve else person_at_the_gate(request)
             view = await follow(handle, on_gate=on_gate)
             console.print(summary(view, live.stack.temporal_ui_url, settings.temporal_namespace))
+            where = Table(show_header=False, box=None)
+            where.add_column(style="bold")
+            where.add_column()
+            add_observability_rows(where, live)
+            console.print(where)
             if "deployment_url" in view.outputs and view.status == "succeeded":
                 url = plain(view.outputs["deployment_url"], one_line=True)
                 say("The release answered at ", url, "; it stops when the demo ends.")
@@ -103,14 +120,17 @@ def bridge() -> None:
         nc = await nats_for(settings)
         try:
             await ensure_streams(nc.jetstream(), settings.stream_limits())
-            async with bridge_running(nc, client, settings):
-                say(
-                    f"bridge consuming {EVENTS_STREAM} on ",
-                    plain(without_secrets(settings.nats_url)),
-                    " into ",
-                    plain(settings.temporal_address),
-                )
-                await wait_for_stop_signal()
+            with metrics_served(settings, "quantum-bridge") as metrics_url:
+                async with bridge_running(nc, client, settings):
+                    say(
+                        f"bridge consuming {EVENTS_STREAM} on ",
+                        plain(without_secrets(settings.nats_url)),
+                        " into ",
+                        plain(settings.temporal_address),
+                        "; metrics on ",
+                        plain(metrics_url or "off"),
+                    )
+                    await wait_for_stop_signal()
         finally:
             await nc.close()
 

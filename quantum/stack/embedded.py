@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Protocol
@@ -20,6 +21,13 @@ from quantum.stack.probes import (
     port_bindable,
     port_in_use,
     temporal_answers,
+)
+from quantum.stack.prometheus import (
+    PrometheusServer,
+    prometheus_ready,
+    reload,
+    temporal_metrics_address,
+    write_config,
 )
 from quantum.stack.records import AdoptedServer, read_record, record_path, stop_recorded, write_record
 from quantum.stack.servers import NatsServer, TemporalDevServer
@@ -65,6 +73,11 @@ class EmbeddedStack:
         self.temporal_address: str = settings.temporal_address
         self.nats_url: str = settings.nats_url
         self.temporal_ui_url: str | None = None
+        self.temporal_metrics: str | None = None
+        """Where the Temporal dev server this stack started or adopted serves its own metrics."""
+        self.prometheus_url: str | None = None
+        self.notes: list[str] = []
+        """What the stack chose not to start, and why (Prometheus not installed...)."""
         self.started: list[str] = []
         self.adopted: list[str] = []
         self._servers: list[_Owned] = []
@@ -73,6 +86,7 @@ class EmbeddedStack:
         try:
             await self._temporal()
             await self._nats()
+            await self._prometheus()
         except BaseException:
             await self._stop_all()
             raise
@@ -110,6 +124,7 @@ class EmbeddedStack:
         if adopted is not None:
             self.temporal_address = adopted.record.address
             self.temporal_ui_url = adopted.record.ui_url
+            self.temporal_metrics = temporal_metrics_address(adopted.record.argv)
             return
         if await answers():
             self._say(f"using Temporal at {s.temporal_address}")
@@ -135,6 +150,7 @@ class EmbeddedStack:
         await server.start()
         self.temporal_address = server.address
         self.temporal_ui_url = server.ui_url
+        self.temporal_metrics = server.metrics_address
         self.started.append("temporal")
         self._say(f"started {what} on {server.address} (Web UI {server.ui_url}, data {data})")
 
@@ -168,6 +184,56 @@ class EmbeddedStack:
         self.nats_url = server.url
         self.started.append("nats")
         self._say(f"started nats-server with JetStream on {server.url} (store {data / 'nats'})")
+
+    async def _prometheus(self) -> None:
+        """Debian's prometheus for the stack, when installed and wanted; never a reason not to start."""
+        s = self.settings
+        if not s.prometheus:
+            return
+        data = s.data_path
+        config = write_config(data, temporal_metrics=self.temporal_metrics)
+        url = f"http://{join_host_port('127.0.0.1', s.prometheus_port)}"
+
+        async def answers() -> bool:
+            return await prometheus_ready(url)
+
+        adopted = await self._take_over("prometheus", "Prometheus", url, answers)
+        if adopted is not None:
+            self.prometheus_url = url
+            await reload(url)  # the configuration was written again: the Temporal target may have moved
+            return
+        binary = shutil.which(s.prometheus_bin)
+        if binary is None:
+            self.notes.append(
+                f"Prometheus not started: {s.prometheus_bin!r} is not installed (Debian: apt-get install prometheus)"
+            )
+            return
+        if await answers():
+            self.notes.append(f"Prometheus not started: one already answers at {url} (its own configuration)")
+            return
+        if port_in_use("127.0.0.1", s.prometheus_port) or not port_bindable("127.0.0.1", s.prometheus_port):
+            self.notes.append(
+                f"Prometheus not started: 127.0.0.1:{s.prometheus_port} is in use; set QUANTUM_PROMETHEUS_PORT"
+            )
+            return
+        server = PrometheusServer(
+            binary=binary,
+            host="127.0.0.1",
+            port=s.prometheus_port,
+            data=data,
+            log_file=data / "logs" / "prometheus.log",
+            record_file=record_path(data, "prometheus"),
+        )
+        self._servers.append(server)
+        try:
+            await server.start()
+        except StackError as err:  # the product runs without it: say why
+            self._servers.remove(server)
+            self.notes.append(f"Prometheus did not start: {err}")
+            return
+        self.prometheus_url = server.url
+        self.started.append("prometheus")
+        self._say(f"started Prometheus on {server.url} (configuration {config})")
 
     async def _take_over(
         self, name: str, what: str, address: str, answers: Callable[[], Awaitable[bool]]

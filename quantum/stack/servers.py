@@ -49,7 +49,8 @@ class TemporalDevServer:
         self.db_file = db_file
         self.binary = find_binary("temporal")
         argv = [str(self.binary), "server", "start-dev", "--ip", self.host, "--port", str(port)]
-        argv += ["--http-port", str(free_port(self.host)), "--metrics-port", str(free_port(self.host))]
+        self.metrics_port = free_port(self.host)
+        argv += ["--http-port", str(free_port(self.host)), "--metrics-port", str(self.metrics_port)]
         argv += ["--log-level", "warn"]
         if namespace != "default":
             argv += ["--namespace", namespace]
@@ -74,6 +75,11 @@ class TemporalDevServer:
     def address(self) -> str:
         """``host:port`` of the frontend."""
         return join_host_port(self.host, self.port)
+
+    @property
+    def metrics_address(self) -> str:
+        """``host:port`` of the server's own Prometheus metrics."""
+        return join_host_port(self.host, self.metrics_port)
 
     @property
     def ui_url(self) -> str | None:

@@ -23,6 +23,7 @@ def quantum_env(data_dir: Path, temporal_port: int, nats_port: int, metrics_port
         QUANTUM_TEMPORAL_UI_PORT=str(free_port()),
         QUANTUM_NATS_URL=f"nats://127.0.0.1:{nats_port}",
         QUANTUM_METRICS_PORT=str(metrics_port),
+        QUANTUM_PROMETHEUS_PORT=str(free_port()),
         COLUMNS="160",
     )
     return env

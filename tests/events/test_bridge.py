@@ -179,3 +179,19 @@ async def test_an_event_that_exhausts_its_deliveries_is_dead_lettered(
     assert letter.data == event.to_bytes()
     assert "DeliveriesExhausted: 3 deliveries" in letter.headers[REASON_HEADER]
     assert [o for _, o in bridge.outcomes] == [Outcome.RETRY, Outcome.RETRY, Outcome.DEAD_LETTERED]
+
+
+async def test_the_bridge_says_how_old_its_oldest_waiting_event_is(nc: NATS, client: Client) -> None:
+    """The lag is the age of the first inbound event after the consumer's ack floor; outbound events on the same
+    stream do not count, and it is zero once every event is settled."""
+    bridge = RecordingBridge(nc, client, bridge_config(queue()))
+    await bridge.ensure_consumer()
+    assert await bridge.lag() == (0.0, 0)
+    await nc.jetstream().publish(subject_for("quantum.pipeline.started"), b"{}")  # outbound: not the bridge's
+    await publish(nc, pipeline_event())
+    await asyncio.sleep(1.5)
+    seconds, waiting = await bridge.lag()
+    assert waiting == 1 and 1.5 <= seconds < 60
+    async with bridge_running(bridge):
+        await wait_until(lambda: settled(nc), what="the event started")
+    assert await bridge.lag() == (0.0, 0)

@@ -277,9 +277,17 @@ class _Context:
 class InfraAgent:
     """QInfra: resources under ``root`` and on the NATS at ``nats_url``, with their state under ``root/.state``."""
 
-    def __init__(self, root: Path, nats_url: str, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> None:
+    def __init__(
+        self,
+        root: Path,
+        nats_url: str,
+        *,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        nats_credentials: str | None = None,
+    ) -> None:
         self.root = root
         self.nats_url = nats_url
+        self.nats_credentials = nats_credentials
         self.lock_timeout = lock_timeout
 
     # --- plumbing ------------------------------------------------------------------------------------------------
@@ -292,6 +300,7 @@ class InfraAgent:
                 connect_timeout=5,
                 max_reconnect_attempts=1,
                 allow_reconnect=False,
+                user_credentials=self.nats_credentials,
             )
         except Exception as err:  # nats raises several unrelated types for an unreachable server
             raise failure(PROVISION_FAILURE, f"NATS at {self.nats_url} does not answer: {err}") from None

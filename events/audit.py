@@ -201,9 +201,9 @@ class AuditChain(BaseModel):
 class AuditRecorder:
     """Appends review records to ``QUANTUM_AUDIT`` over one NATS connection, opened on first use."""
 
-    def __init__(self, nats_url: str) -> None:
+    def __init__(self, nats_url: str, *, credentials: str | None = None) -> None:
         self.nats_url = nats_url
-        self._connection = LazyConnection(nats_url)
+        self._connection = LazyConnection(nats_url, credentials=credentials)
 
     @activity.defn(name="audit.append")
     async def append(self, inp: AppendAuditInput) -> AppendedRecord:

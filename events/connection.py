@@ -9,10 +9,12 @@ from nats.aio.client import Client as NATS
 
 
 class LazyConnection:
-    """The connection to ``nats_url`` (comma-separated servers), opened by the first caller that needs it."""
+    """The connection to ``nats_url`` (comma-separated servers; ``credentials``: a ``.creds`` file), opened by the
+    first caller that needs it."""
 
-    def __init__(self, nats_url: str) -> None:
+    def __init__(self, nats_url: str, *, credentials: str | None = None) -> None:
         self.nats_url = nats_url
+        self.credentials = credentials
         self._nc: NATS | None = None
         self._lock = asyncio.Lock()
 
@@ -20,7 +22,10 @@ class LazyConnection:
         async with self._lock:
             if self._nc is None or self._nc.is_closed:
                 self._nc = await nats.connect(
-                    servers=[s.strip() for s in self.nats_url.split(",")], connect_timeout=5, max_reconnect_attempts=-1
+                    servers=[s.strip() for s in self.nats_url.split(",")],
+                    connect_timeout=5,
+                    max_reconnect_attempts=-1,
+                    user_credentials=self.credentials,
                 )
             return self._nc
 

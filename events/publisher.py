@@ -63,10 +63,10 @@ def event_id(workflow_id: str, step: str) -> str:
 class EventPublisher:
     """Publishes outbound CloudEvents to JetStream over one NATS connection, opened on first use."""
 
-    def __init__(self, nats_url: str, *, source: str = SOURCE) -> None:
+    def __init__(self, nats_url: str, *, source: str = SOURCE, credentials: str | None = None) -> None:
         self.nats_url = nats_url
         self.source = source
-        self._connection = LazyConnection(nats_url)
+        self._connection = LazyConnection(nats_url, credentials=credentials)
 
     @activity.defn(name="events.publish")
     async def publish(self, inp: PublishEventInput) -> PublishedEvent:

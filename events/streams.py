@@ -36,6 +36,8 @@ class StreamLimits:
     dlq_max_age_seconds: float = 30 * 24 * 3600
     dlq_max_bytes: int = 256 * 1024**2
     audit_max_bytes: int = 1024**3
+    replicas: int = 1
+    """Copies of each stream in a NATS cluster (3 survives the loss of one server); 1 on a single server."""
 
 
 def stream_configs(limits: StreamLimits) -> list[StreamConfig]:
@@ -44,6 +46,7 @@ def stream_configs(limits: StreamLimits) -> list[StreamConfig]:
             name=EVENTS_STREAM,
             subjects=[EVENTS_SUBJECTS],
             storage=StorageType.FILE,
+            num_replicas=limits.replicas,
             duplicate_window=limits.duplicate_window_seconds,
             max_age=limits.events_max_age_seconds,
             max_bytes=limits.events_max_bytes,
@@ -54,6 +57,7 @@ def stream_configs(limits: StreamLimits) -> list[StreamConfig]:
             name=DLQ_STREAM,
             subjects=[DLQ_SUBJECTS],
             storage=StorageType.FILE,
+            num_replicas=limits.replicas,
             duplicate_window=limits.duplicate_window_seconds,
             max_age=limits.dlq_max_age_seconds,
             max_bytes=limits.dlq_max_bytes,
@@ -63,6 +67,7 @@ def stream_configs(limits: StreamLimits) -> list[StreamConfig]:
             name=AUDIT_STREAM,
             subjects=[AUDIT_SUBJECTS],
             storage=StorageType.FILE,
+            num_replicas=limits.replicas,
             duplicate_window=limits.duplicate_window_seconds,
             max_age=0,
             max_bytes=limits.audit_max_bytes,

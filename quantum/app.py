@@ -26,6 +26,8 @@ from quantum.worker import Agents, build_agents, new_worker
 
 log = logging.getLogger(__name__)
 
+BRIDGE_DRAIN_SECONDS = 20.0
+
 
 @dataclass
 class Running:
@@ -38,14 +40,20 @@ class Running:
     metrics_url: str | None
 
 
-async def connect_nats(url: str) -> NATS:
-    """Connect to NATS (a comma-separated URL list is a cluster)."""
-    return await nats.connect(servers=[s.strip() for s in url.split(",")], connect_timeout=5, max_reconnect_attempts=-1)
+async def connect_nats(url: str, credentials: str | None = None) -> NATS:
+    """Connect to NATS (a comma-separated URL list is a cluster; ``credentials``: a ``.creds`` file)."""
+    return await nats.connect(
+        servers=[s.strip() for s in url.split(",")],
+        connect_timeout=5,
+        max_reconnect_attempts=-1,
+        user_credentials=credentials,
+    )
 
 
 @asynccontextmanager
 async def bridge_running(nc: NATS, client: Client, settings: Settings) -> AsyncIterator[Bridge]:
-    """Run the inbound bridge in the background; stop it cleanly (no fetch left in flight) on exit."""
+    """Run the inbound bridge in the background; stop it cleanly on exit: no new fetch, the batch in hand finished
+    and acknowledged (up to :data:`BRIDGE_DRAIN_SECONDS`, then cancelled: those messages are delivered again)."""
     bridge = Bridge(nc, client, settings.bridge_config())
     stop = asyncio.Event()
     await bridge.ensure_consumer()
@@ -55,7 +63,7 @@ async def bridge_running(nc: NATS, client: Client, settings: Settings) -> AsyncI
     finally:
         stop.set()
         try:
-            await asyncio.wait_for(asyncio.shield(task), 5)
+            await asyncio.wait_for(asyncio.shield(task), BRIDGE_DRAIN_SECONDS)
         except TimeoutError:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -102,7 +110,7 @@ async def running(
         stack = await exits.enter_async_context(EmbeddedStack(settings, console_log=say))
         runtime = telemetry().runtime if with_metrics else None
         client = await connect(settings, address=stack.temporal_address, runtime=runtime)
-        nc = await connect_nats(stack.nats_url)
+        nc = await connect_nats(stack.nats_url, settings.nats_credentials)
         exits.push_async_callback(nc.close)
         await ensure_streams(nc.jetstream(), settings.stream_limits())
         agents = build_agents(settings, nats_url=stack.nats_url)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import Runtime
+from temporalio.service import TLSConfig
 
 from quantum.settings import Settings
 
@@ -17,7 +20,24 @@ async def connect(settings: Settings, *, address: str | None = None, runtime: Ru
         address or settings.temporal_address,
         namespace=settings.temporal_namespace,
         data_converter=pydantic_data_converter,
-        tls=settings.temporal_tls or bool(api_key),
+        tls=tls_config(settings) or settings.temporal_tls or bool(api_key),
         api_key=api_key,
         runtime=runtime,
+    )
+
+
+def tls_config(settings: Settings) -> TLSConfig | None:
+    """The mTLS configuration from the certificate files the settings name (None: none named)."""
+    if not (settings.temporal_tls_cert or settings.temporal_tls_key or settings.temporal_tls_ca):
+        return None
+    if bool(settings.temporal_tls_cert) != bool(settings.temporal_tls_key):
+        raise ValueError("QUANTUM_TEMPORAL_TLS_CERT and QUANTUM_TEMPORAL_TLS_KEY go together: set both or neither")
+
+    def read(path: Path | None) -> bytes | None:
+        return path.read_bytes() if path else None
+
+    return TLSConfig(
+        client_cert=read(settings.temporal_tls_cert),
+        client_private_key=read(settings.temporal_tls_key),
+        server_root_ca_cert=read(settings.temporal_tls_ca),
     )

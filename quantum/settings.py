@@ -45,10 +45,20 @@ class Settings(BaseSettings):
     temporal_namespace: str = "default"
     temporal_api_key: SecretStr | None = None
     temporal_tls: bool = False
+    temporal_tls_cert: Path | None = Field(
+        default=None, description="mTLS: the client certificate (PEM) presented to Temporal; with temporal_tls_key."
+    )
+    temporal_tls_key: Path | None = Field(default=None, description="mTLS: the client certificate's private key.")
+    temporal_tls_ca: Path | None = Field(
+        default=None, description="The CA (PEM) that signed Temporal's server certificate; default: the system's."
+    )
     temporal_ui_port: int | None = Field(default=None, description="Web UI port; default gRPC port + 1000.")
     task_queue: str = TASK_QUEUE
 
     nats_url: str = DEFAULT_NATS_URL
+    nats_creds: Path | None = Field(
+        default=None, description="A NATS credentials file (JWT and NKey seed, `.creds`) for a secured cluster."
+    )
 
     event_duplicate_window_seconds: float = Field(default=120.0, gt=0)
     events_max_age_seconds: float = Field(default=7 * 24 * 3600, gt=0)
@@ -56,6 +66,9 @@ class Settings(BaseSettings):
     dlq_max_age_seconds: float = Field(default=30 * 24 * 3600, gt=0)
     dlq_max_bytes: int = Field(default=256 * 1024**2, gt=0)
     audit_max_bytes: int = Field(default=1024**3, gt=0, description="QUANTUM_AUDIT refuses new records when full.")
+    stream_replicas: int = Field(
+        default=1, ge=1, le=5, description="Copies of each JetStream stream: 3 on a three-server NATS cluster."
+    )
     max_event_bytes: int = Field(default=256 * 1024, gt=0, description="Larger inbound events go to the DLQ.")
     bridge_consumer: str = "quantum-bridge"
     bridge_batch: int = Field(default=64, ge=1, le=1000)
@@ -77,6 +90,12 @@ class Settings(BaseSettings):
     llm_completion_price_per_1k: float = Field(default=0.0, ge=0, description="Price of 1000 completion tokens.")
 
     metrics_port: int = DEFAULT_METRICS_PORT
+    worker_shutdown_seconds: float = Field(
+        default=90.0,
+        gt=0,
+        description="On SIGTERM the worker stops polling and waits this long for running activities to finish "
+        "before cancelling them (keep it under the pod's terminationGracePeriodSeconds).",
+    )
     prometheus: bool = Field(
         default=True, description="Whether `quantum up` starts Debian's prometheus (when installed) for the stack."
     )
@@ -117,6 +136,11 @@ class Settings(BaseSettings):
     def _groups_within_bounds(cls, groups: dict[str, list[str]]) -> dict[str, list[str]]:
         return check_groups(groups)
 
+    @property
+    def nats_credentials(self) -> str | None:
+        """The credentials file every NATS connection authenticates with, if any."""
+        return str(self.nats_creds) if self.nats_creds else None
+
     def llm_config(self) -> LLMConfig | None:
         """The model endpoint, or None for the offline pattern provider (no model named, or nowhere to send it)."""
         key = self.llm_api_key.get_secret_value() if self.llm_api_key else None
@@ -150,6 +174,7 @@ class Settings(BaseSettings):
             dlq_max_age_seconds=self.dlq_max_age_seconds,
             dlq_max_bytes=self.dlq_max_bytes,
             audit_max_bytes=self.audit_max_bytes,
+            replicas=self.stream_replicas,
         )
 
     def bridge_config(self) -> BridgeConfig:

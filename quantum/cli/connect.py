@@ -9,6 +9,7 @@ import nats
 from nats.aio.client import Client as NATS
 from pydantic import ValidationError
 from temporalio.client import Client
+from temporalio.runtime import Runtime
 
 from quantum.bus import BusError
 from quantum.cli.errors import CliError, reason, settings_problem
@@ -28,9 +29,10 @@ def load_settings() -> Settings:
         fail(settings_problem(err))
 
 
-async def client_for(settings: Settings) -> Client:
+async def client_for(settings: Settings, *, runtime: Runtime | None = None) -> Client:
+    """The Temporal client of the settings; an unreachable or unusable server is one :class:`CliError`."""
     try:
-        return await connect(settings)
+        return await connect(settings, runtime=runtime)
     except (RuntimeError, OSError) as err:
         raise CliError(
             f"Temporal at {settings.temporal_address} does not answer ({reason(err)}); start the stack with "
@@ -57,6 +59,7 @@ async def nats_for(settings: Settings) -> NATS:
             max_reconnect_attempts=1,
             reconnect_time_wait=0,
             error_cb=remember,
+            user_credentials=settings.nats_credentials,
         )
     except Exception as err:  # nats raises several unrelated types for an unreachable server
         cause = seen[-1] if seen else err

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from nats.aio.client import Client as NATS
 from rich.table import Table
 from rich.text import Text
 
@@ -14,13 +17,16 @@ from events.streams import EVENTS_STREAM, ensure_streams
 from quantum.app import Running, bridge_running, metrics_served, running, wait_for_stop_signal
 from quantum.cli.apps import app
 from quantum.cli.connect import client_for, load_settings, nats_for
-from quantum.cli.errors import USAGE, run
+from quantum.cli.errors import USAGE, CliError, run
 from quantum.cli.output import console, fail, say
 from quantum.cli.pipeline import load_request, request_pipeline
 from quantum.cli.review import auto_approver, person_at_the_gate
 from quantum.cli.runs import follow, wait_for_run
 from quantum.requests import EXAMPLES
+from quantum.settings import Settings
+from quantum.telemetry import telemetry
 from quantum.views import plain, summary, without_secrets
+from quantum.worker import build_agents, new_worker
 from workflows.models import RunStatusView
 
 EXAMPLE_REQUEST = EXAMPLES / "pipeline.json"
@@ -110,16 +116,74 @@ def demo(
         raise typer.Exit(1)
 
 
+BUS_READY_SECONDS = 30.0
+
+
+async def bus_ready(settings: Settings) -> NATS:
+    """A NATS connection once JetStream has the streams: a cluster whose server just restarted, or whose leaders
+    are being elected, is given :data:`BUS_READY_SECONDS`; an unreachable one is refused at once."""
+    nc = await nats_for(settings)
+    deadline = asyncio.get_running_loop().time() + BUS_READY_SECONDS
+    while True:
+        try:
+            await ensure_streams(nc.jetstream(timeout=5), settings.stream_limits())
+            return nc
+        except Exception as err:  # JetStream not ready yet: timeouts, no responders, a leader being elected
+            if asyncio.get_running_loop().time() >= deadline:
+                await nc.close()
+                raise CliError(
+                    f"NATS at {without_secrets(settings.nats_url)} answers but JetStream is not ready "
+                    f"after {BUS_READY_SECONDS:g} s ({type(err).__name__}: {err})"
+                ) from None
+            await asyncio.sleep(1)
+
+
+@app.command()
+def worker() -> None:
+    """Run only the worker (the workflows and every agent's activities) against the configured Temporal and NATS,
+    starting nothing embedded; SIGTERM or Ctrl-C drains the running activities, then stops."""
+    settings = load_settings()
+
+    async def serve() -> None:
+        client = await client_for(settings, runtime=telemetry().runtime)
+        nc = await bus_ready(settings)
+        await nc.close()
+        agents = build_agents(settings)
+        try:
+            for run_id, action in agents.deploy.restore():
+                say("release of ", plain(run_id), f": {action}")
+            drain = timedelta(seconds=settings.worker_shutdown_seconds)
+            with metrics_served(settings, "quantum-worker") as metrics_url:
+                worker = new_worker(
+                    client, agents.activities(), task_queue=settings.task_queue, graceful_shutdown_timeout=drain
+                )
+                async with worker:
+                    say(
+                        "worker on task queue ",
+                        plain(settings.task_queue),
+                        " of ",
+                        plain(settings.temporal_address),
+                        "; metrics on ",
+                        plain(metrics_url or "off"),
+                    )
+                    await wait_for_stop_signal()
+                    say(f"draining: running activities have {settings.worker_shutdown_seconds:g} s to finish")
+        finally:
+            await agents.close()
+        say("worker stopped")
+
+    run(serve(), settings)
+
+
 @app.command()
 def bridge() -> None:
     """Run only the inbound bridge (scale it apart from the worker); Ctrl-C stops it."""
     settings = load_settings()
 
     async def serve() -> None:
-        client = await client_for(settings)
-        nc = await nats_for(settings)
+        client = await client_for(settings, runtime=telemetry().runtime)
+        nc = await bus_ready(settings)
         try:
-            await ensure_streams(nc.jetstream(), settings.stream_limits())
             with metrics_served(settings, "quantum-bridge") as metrics_url:
                 async with bridge_running(nc, client, settings):
                     say(

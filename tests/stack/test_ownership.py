@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -85,9 +86,13 @@ def _reap(tmp_path: Path) -> Iterator[None]:
         os.kill(pid, signal.SIGKILL)
 
 
+SERVERS = 3 if shutil.which("prometheus") else 2
+"""Temporal, NATS and, where Debian's prometheus is installed, Prometheus."""
+
+
 def servers_of(data_dir: Path) -> list[int]:
-    """The server processes of this data directory, once both run."""
-    wait_until(lambda: len(processes_mentioning(str(data_dir))) == 2, f"two servers mentioning {data_dir}")
+    """The server processes of this data directory, once all run."""
+    wait_until(lambda: len(processes_mentioning(str(data_dir))) == SERVERS, f"{SERVERS} servers mentioning {data_dir}")
     return processes_mentioning(str(data_dir))
 
 
@@ -126,6 +131,8 @@ def test_a_server_left_alive_is_adopted_by_the_next_up_and_stopped_by_its_clean_
     up = Up(env, tmp_path)
     assert "adopted Temporal dev server" in up.output, up.output
     assert "adopted nats-server" in up.output, up.output
+    if SERVERS == 3:
+        assert "adopted Prometheus" in up.output, up.output
     assert processes_mentioning(str(data)) == left  # it started nothing of its own
 
     assert up.stop() == 0, up.output

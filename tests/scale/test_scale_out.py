@@ -1,0 +1,272 @@
+"""Scale-out on one machine: a three-server NATS cluster (JetStream streams with three replicas), two ``quantum
+worker`` and two ``quantum bridge`` processes against one Temporal dev server.
+
+Events are published (with retries, as any client should) while one worker and one NATS server are killed with
+SIGKILL and started again. Then: every event started exactly one run, every run ended succeeded or failed with
+its compensations done, none is missing, and each worker and each bridge did part of the work (from its metrics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+from prometheus_client.parser import text_string_to_metric_families
+from temporalio.client import Client, WorkflowExecutionStatus
+
+from events.catalog import INBOUND, workflow_id
+from events.envelope import new_event
+from events.streams import EVENTS_STREAM, StreamLimits, ensure_streams
+from tests.cli.support import QUANTUM, answers
+from tests.conftest import BIN, free_port
+from workflows.models import RunStatusView
+
+pytestmark = [pytest.mark.timeout(1200), pytest.mark.workflow]
+
+EVENTS = int(os.environ.get("QUANTUM_SCALE_EVENTS", "300"))
+UNSERVABLE_EVERY = 5
+"""Every fifth request asks for what the offline provider refuses: that run fails and compensates."""
+SERVABLE = "a slugify helper for titles"
+UNSERVABLE = "an IBAN validator with country-specific check digits"
+
+
+@dataclass
+class NatsNode:
+    """One server of the cluster, with a file store that survives its SIGKILL."""
+
+    name: str
+    port: int
+    cluster_port: int
+    store: Path
+    routes: list[int] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        config = self.store.parent / f"{self.name}.conf"
+        routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in self.routes)
+        config.write_text(
+            f"server_name: {self.name}\nlisten: 127.0.0.1:{self.port}\n"
+            f'jetstream {{\n  store_dir: "{self.store}"\n  sync_interval: always\n}}\n'
+            f"cluster {{\n  name: quantum\n  listen: 127.0.0.1:{self.cluster_port}\n  routes: [{routes}]\n}}\n"
+        )
+        log = (self.store.parent / f"{self.name}.log").open("ab")
+        self.proc = subprocess.Popen([str(BIN / "nats-server"), "-c", str(config)], stdout=log, stderr=log)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@contextlib.contextmanager
+def nats_cluster(directory: Path, size: int = 3) -> Iterator[list[NatsNode]]:
+    ports = [(free_port(), free_port()) for _ in range(size)]
+    nodes = [
+        NatsNode(f"n{i}", port, cluster, directory / f"n{i}", routes=[c for j, (_, c) in enumerate(ports) if j != i])
+        for i, (port, cluster) in enumerate(ports)
+    ]
+    for node in nodes:
+        node.store.mkdir(parents=True)
+        node.start()
+    try:
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+@dataclass
+class Process:
+    """A ``quantum`` process (worker or bridge) as a cluster runs it."""
+
+    name: str
+    command: str
+    env: dict[str, str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def metrics_port(self) -> int:
+        return int(self.env["QUANTUM_METRICS_PORT"])
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen([str(QUANTUM), self.command], env=self.env, stdout=out, stderr=out)
+
+    def wait_serving(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not answers(self.metrics_port):
+            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
+            assert time.monotonic() < deadline, self.log.read_text()
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of ``name``'s samples with ``labels`` on this process's ``/metrics`` now."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+        )
+
+
+async def connected(urls: str) -> NATS:
+    deadline = asyncio.get_running_loop().time() + 60
+    while True:
+        try:
+            nc = await nats.connect(servers=urls.split(","), connect_timeout=2, max_reconnect_attempts=-1)
+            await ensure_streams(nc.jetstream(timeout=10), StreamLimits(replicas=3))
+            return nc
+        except Exception:
+            assert asyncio.get_running_loop().time() < deadline, "the NATS cluster did not form"
+            await asyncio.sleep(0.5)
+
+
+async def publish_with_retries(nc: NATS, subject: str, data: bytes, msg_id: str) -> None:
+    """Until JetStream acknowledges it (stored on a quorum of the cluster): a server may be down, a leader moving."""
+    for attempt in range(60):
+        try:
+            await nc.jetstream(timeout=5).publish(subject, data, headers={"Nats-Msg-Id": msg_id})
+            return
+        except Exception:
+            await asyncio.sleep(min(2.0, 0.1 * (attempt + 1)))
+    raise AssertionError(f"event {msg_id} was never acknowledged")
+
+
+async def test_two_workers_and_two_bridges_share_the_work_through_failures(
+    tmp_path: Path, client: Client, temporal_address: str
+) -> None:
+    with nats_cluster(tmp_path / "nats") as nodes:
+        urls = ",".join(node.url for node in nodes)
+        nc = await connected(urls)
+        task_queue = f"scale-{tmp_path.name}"
+        base = {k: v for k, v in os.environ.items() if not k.startswith("QUANTUM_")}
+        base.update(
+            QUANTUM_TEMPORAL_ADDRESS=temporal_address,
+            QUANTUM_NATS_URL=urls,
+            QUANTUM_TASK_QUEUE=task_queue,
+            QUANTUM_STREAM_REPLICAS="3",
+            QUANTUM_DATA_DIR=str(tmp_path / "data"),  # the workers' shared volume
+            QUANTUM_BRIDGE_BATCH="16",
+        )
+        processes = [
+            Process(name, command, base | {"QUANTUM_METRICS_PORT": str(free_port())}, tmp_path / f"{name}.log")
+            for name, command in (("w1", "worker"), ("w2", "worker"), ("b1", "bridge"), ("b2", "bridge"))
+        ]
+        try:
+            for process in processes:
+                process.start()
+            for process in processes:
+                await asyncio.to_thread(process.wait_serving)
+            ids = await publish_through_failures(nc, processes[0], nodes[1])
+            await wait_for_every_run(client, task_queue, ids)
+            await check_the_runs(client, task_queue, ids)
+            for process in processes[:2]:  # w1's count is of its life since its restart
+                done = process.metric("temporal_workflow_task_execution_latency_seconds_count") + process.metric(
+                    "temporal_activity_execution_latency_seconds_count"
+                )
+                assert done > 0, f"{process.name} ran no workflow task and no activity"
+            for process in processes[2:]:
+                started = process.metric("quantum_bridge_events_total", outcome="started")
+                assert started > 0, f"{process.name} started no run"
+        finally:
+            await nc.close()
+            for process in processes:
+                process.stop()
+
+
+async def publish_through_failures(nc: NATS, worker: Process, node: NatsNode) -> list[str]:
+    """Publish every event; a third of the way in, kill ``worker`` and ``node``; two thirds in, start both again."""
+    kind = INBOUND["quantum.code.requested"]
+    ids: list[str] = []
+    for n in range(EVENTS):
+        if n == EVENTS // 3:
+            worker.kill()
+            node.kill()
+        if n == 2 * EVENTS // 3:
+            node.start()
+            worker.start()
+            await asyncio.to_thread(worker.wait_serving)
+            await asyncio.sleep(2)  # polling: the rest is shared with it
+        prompt = UNSERVABLE if n % UNSERVABLE_EVERY == 0 else SERVABLE
+        event = new_event(
+            "quantum.code.requested",
+            {"project": f"scale-{n}", "prompt": prompt, "requested_by": "alice"},
+            source="tests",
+        )
+        await publish_with_retries(nc, event.nats_subject, event.to_bytes(), event.id)
+        ids.append(workflow_id(kind, event.id))
+    info = await nc.jetstream(timeout=10).stream_info(EVENTS_STREAM)
+    assert info.config.num_replicas == 3
+    return ids
+
+
+async def wait_for_every_run(client: Client, task_queue: str, ids: list[str], timeout: float = 900) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    expected = set(ids)
+    while True:
+        closed = {
+            execution.id
+            async for execution in client.list_workflows(f'TaskQueue="{task_queue}" AND ExecutionStatus!="Running"')
+        }
+        if expected <= closed:
+            return
+        left = len(expected - closed)
+        assert asyncio.get_running_loop().time() < deadline, f"{left} of {len(ids)} runs did not end"
+        await asyncio.sleep(2)
+
+
+async def check_the_runs(client: Client, task_queue: str, ids: list[str]) -> None:
+    executions = [execution async for execution in client.list_workflows(f'TaskQueue="{task_queue}"')]
+    per_id = Counter(execution.id for execution in executions)
+    assert set(per_id) == set(ids), "a run without an event, or an event without a run"
+    assert max(per_id.values()) == 1, [i for i, n in per_id.items() if n > 1]  # none started twice
+    statuses = Counter(execution.status for execution in executions)
+    assert set(statuses) <= {WorkflowExecutionStatus.COMPLETED, WorkflowExecutionStatus.FAILED}, statuses
+    refused = {ids[n] for n in range(0, len(ids), UNSERVABLE_EVERY)}
+    for execution in executions:
+        failed = execution.status == WorkflowExecutionStatus.FAILED
+        assert failed == (execution.id in refused), execution.id
+        if failed:
+            view = await client.get_workflow_handle(execution.id).query("status", result_type=RunStatusView)
+            assert all(c.outcome == "completed" for c in view.compensations), view.compensations
+    print(f"\nscale-out: {len(ids)} events, {len(executions)} runs, {dict(statuses)}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from quantum.settings import Settings
@@ -41,3 +43,40 @@ def test_addresses_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     assert settings.temporal_host_port == ("temporal.example", 7233)
     assert settings.nats_host_port == ("a", 4222)
+
+
+def test_mtls_files_become_the_temporal_tls_configuration(tmp_path: Path) -> None:
+    from quantum.client import tls_config
+
+    cert, key, ca = (tmp_path / name for name in ("client.pem", "client.key", "ca.pem"))
+    for path in (cert, key, ca):
+        path.write_bytes(f"-----{path.name}-----\n".encode())
+    settings = Settings(temporal_tls_cert=cert, temporal_tls_key=key, temporal_tls_ca=ca, _env_file=None)  # type: ignore[call-arg]
+    tls = tls_config(settings)
+    assert tls is not None
+    assert (tls.client_cert, tls.client_private_key, tls.server_root_ca_cert) == (
+        cert.read_bytes(),
+        key.read_bytes(),
+        ca.read_bytes(),
+    )
+    assert tls_config(Settings(_env_file=None)) is None  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="go together"):
+        tls_config(Settings(temporal_tls_cert=cert, _env_file=None))  # type: ignore[call-arg]
+
+
+async def test_a_nats_credentials_file_is_named_for_every_connection(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    creds = tmp_path / "user.creds"
+    monkeypatch.setenv("QUANTUM_NATS_CREDS", str(creds))
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.nats_credentials == str(creds)
+    from quantum.worker import build_agents
+
+    agents = build_agents(settings.model_copy(update={"data_dir": tmp_path / "data"}))
+    try:
+        assert agents.infra.nats_credentials == str(creds)
+        assert agents.publisher._connection.credentials == str(creds)
+        assert agents.audit._connection.credentials == str(creds)
+    finally:
+        await agents.close()

@@ -39,7 +39,10 @@ MAX_ACCEPTANCE_TEXT_CHARS = 500
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """An activity payload: tolerant of fields it does not know, so that a worker of an earlier version reads what
+    a later one wrote (a rolling upgrade runs both at once)."""
+
+    model_config = ConfigDict(extra="ignore")
 
 
 class RunRef(_Model):
@@ -204,7 +207,7 @@ class _AsWritten(_Model):
     """Serialised with only the fields that were given: ``expect: null`` stays apart from no ``expect`` through
     every round trip (an event, a workflow input, an activity input)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, serialize_by_alias=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, serialize_by_alias=True)
 
     @model_serializer(mode="wrap")
     def _as_written(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

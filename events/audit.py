@@ -108,7 +108,7 @@ class ReviewFields(BaseModel):
     Every text is clipped to its bound on the way in, so no review can make a record too large to append.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
 
     gate: str
     reviewer: str
@@ -133,7 +133,7 @@ class ReviewFields(BaseModel):
 class AppendAuditInput(BaseModel):
     """One record to append to a run's chain, with the chain's head as the workflow knows it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
 
     run_id: str = Field(min_length=1, max_length=MAX_RUN_ID_CHARS)
     index: int = Field(ge=1, description="The record's place in the run's chain: 1 for the first.")

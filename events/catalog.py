@@ -17,6 +17,7 @@ from pydantic import (
 
 from events.envelope import CloudEvent, InvalidEvent, UnknownEventType, describe
 from events.models import (
+    EDGE,
     MAX_COMMENT_CHARS,
     CodeRequest,
     InfraRequest,
@@ -31,7 +32,9 @@ InboundRunId = Annotated[str, StringConstraints(min_length=1, max_length=255, pa
 
 
 class _Data(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """An event's data: tolerant of unknown fields as a payload (inbound data is validated with ``EDGE``)."""
+
+    model_config = ConfigDict(extra="ignore")
 
 
 class ReviewSubmitted(ReviewInput):
@@ -223,7 +226,7 @@ def inbound_data(event: CloudEvent) -> tuple[EventType, BaseModel]:
     if kind is None:
         raise UnknownEventType(f"unknown event type {event.type!r}; accepted: {', '.join(INBOUND)}")
     try:
-        return kind, kind.data.model_validate(event.data)
+        return kind, kind.data.model_validate(event.data, extra=EDGE)
     except ValidationError as err:
         raise InvalidEvent(describe(err, prefix="data.")) from None
 

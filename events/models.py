@@ -35,6 +35,8 @@ MAX_SOURCE_BYTES = 512 * 1024
 MAX_SOURCE_PATH_CHARS = 200
 MAX_PATH_PART_CHARS = 100
 MAX_RESOURCES = 20
+EDGE: Literal["forbid"] = "forbid"
+"""How the edges validate what people and clients send: ``model_validate(data, extra=EDGE)``, every level."""
 REVIEW_REFUSED = "ReviewRefused"
 """The failure type of a ``review`` Update the run's rules refuse: the CLI and the bridge read it."""
 DEFAULT_MAX_ATTEMPTS = 3
@@ -87,7 +89,11 @@ def normalise_identity(name: str) -> str:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """A payload model: immutable, and tolerant of fields it does not know, so that a worker of an earlier version
+    reads what a later one wrote during a rolling upgrade. The edges (the bridge, request files) validate with
+    ``extra="forbid"`` (:data:`EDGE`): a misspelt field from a person or a client is refused there, by name."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
 
 GroupName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]

@@ -26,7 +26,7 @@ PUBLISHED = Counter("quantum_events_published_total", "Outbound events published
 
 
 class PublishEventInput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
 
     type: str
     data: dict[str, Any]

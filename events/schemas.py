@@ -10,11 +10,27 @@ from events.catalog import ALL, INBOUND, OUTBOUND
 from events.envelope import CloudEvent, subject_for
 
 
+def closed(schema: Any) -> Any:
+    """``schema`` with ``additionalProperties: false`` on every object that names its properties: the bridge
+    refuses a field nobody knows in inbound data (the models themselves, as payloads, tolerate them)."""
+    if isinstance(schema, dict):
+        found = {key: closed(value) for key, value in schema.items()}
+        if "properties" in found and "additionalProperties" not in found:
+            found["additionalProperties"] = False
+        return found
+    if isinstance(schema, list):
+        return [closed(item) for item in schema]
+    return schema
+
+
 def schemas() -> dict[str, dict[str, Any]]:
-    """File name -> JSON Schema, one per event type plus the envelope."""
+    """File name -> JSON Schema, one per event type plus the envelope. Inbound data is closed (no field nobody
+    knows); outbound data is open: consumers should expect fields added by later versions."""
     found = {"cloudevent.json": CloudEvent.model_json_schema()}
     for name, kind in ALL.items():
         schema = kind.data.model_json_schema()
+        if name in INBOUND:
+            schema = closed(schema)
         schema["title"] = f"{name} data"
         schema["description"] = kind.summary
         found[f"{name}.json"] = schema

@@ -1,25 +1,50 @@
-"""Connecting to Temporal with the product's data converter."""
+"""Connecting to Temporal with the product's data converter.
+
+Everything that talks to Temporal (the worker, the bridge, the CLI) connects here, so the converter, and with it the
+encryption of payloads, is the same everywhere.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.runtime import Runtime
 from temporalio.service import TLSConfig
 
+from quantum.codec import EncryptionCodec
 from quantum.settings import Settings
 
 
+def data_converter(settings: Settings) -> DataConverter:
+    """JSON payloads via pydantic; with codec keys, each payload encrypted (:class:`~quantum.codec.EncryptionCodec`),
+    and failures' messages and stack traces moved into an encrypted payload too, since a failure message can carry a
+    reviewer's comment or a line of generated code.
+
+    Raises:
+        CodecError: The keys are set but cannot be used.
+    """
+    keyring = settings.codec_keyring()
+    if keyring is None:
+        return pydantic_data_converter
+    return dataclasses.replace(
+        pydantic_data_converter,
+        payload_codec=EncryptionCodec(keyring),
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+    )
+
+
 async def connect(settings: Settings, *, address: str | None = None, runtime: Runtime | None = None) -> Client:
-    """Connect to the Temporal frontend named by the settings (or ``address``), JSON payloads via pydantic;
+    """Connect to the Temporal frontend named by the settings (or ``address``) with :func:`data_converter`;
     ``runtime``: the Temporal runtime whose metrics the process exposes (default: the SDK's)."""
     api_key = settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None
     return await Client.connect(
         address or settings.temporal_address,
         namespace=settings.temporal_namespace,
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(settings),
         tls=tls_config(settings) or settings.temporal_tls or bool(api_key),
         api_key=api_key,
         runtime=runtime,

@@ -6,9 +6,10 @@ import os
 import shutil
 from functools import cached_property
 from pathlib import Path
+from typing import Annotated
 from urllib.parse import urlparse
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, StringConstraints, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agents.llm import LLMConfig
@@ -16,6 +17,7 @@ from agents.reviewers import check_groups
 from events.bridge import BridgeConfig
 from events.models import Gate, GateRule, GroupName, Person
 from events.streams import StreamLimits
+from quantum.codec import KEY_ID_PATTERN, CodecError, Keyring
 
 TASK_QUEUE = "quantum-workflows"
 """The one task queue every workflow and activity of the product is registered on (a contract)."""
@@ -131,10 +133,58 @@ class Settings(BaseSettings):
         default=None, description="The Ed25519 private key (PEM or raw 32 bytes) `quantum review` signs with."
     )
 
+    codec_keys: SecretStr | None = Field(
+        default=None,
+        description='AES-256 keys encrypting every payload Temporal stores, as JSON {"<key id>": "<base64 of 32 '
+        'bytes>"}; unset (and no keys file): payloads stay in clear.',
+    )
+    codec_keys_file: Path | None = Field(
+        default=None, description="A JSON file of such keys (a mounted Secret), instead of QUANTUM_CODEC_KEYS."
+    )
+    codec_key_id: Annotated[str, StringConstraints(pattern=KEY_ID_PATTERN.pattern)] | None = Field(
+        default=None, description="The key that encrypts new payloads (the others only decrypt); default: the only key."
+    )
+    codec_server_token: SecretStr | None = Field(
+        default=None, description="The bearer token `quantum codec-server` requires of the Web UI and the CLI."
+    )
+
     @field_validator("reviewer_groups")
     @classmethod
     def _groups_within_bounds(cls, groups: dict[str, list[str]]) -> dict[str, list[str]]:
         return check_groups(groups)
+
+    @field_validator("codec_keys_file")
+    @classmethod
+    def _one_source_of_keys(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        if path is not None and info.data.get("codec_keys") is not None:
+            raise ValueError("set QUANTUM_CODEC_KEYS or QUANTUM_CODEC_KEYS_FILE, not both")
+        return path
+
+    def codec_keyring(self) -> Keyring | None:
+        """The keys that encrypt what Temporal stores, None when none are set (payloads then stay in clear).
+
+        Read when a connection is made rather than validated with the other settings: a validation error quotes the
+        value it refuses, and this value holds the keys.
+
+        Raises:
+            CodecError: The keys cannot be read or used; the message names the variable, never a key.
+        """
+        if self.codec_keys is not None:
+            return Keyring.from_json(
+                self.codec_keys.get_secret_value(), current=self.codec_key_id, source="QUANTUM_CODEC_KEYS"
+            )
+        if self.codec_keys_file is not None:
+            source = f"QUANTUM_CODEC_KEYS_FILE {self.codec_keys_file}"
+            try:
+                text = self.codec_keys_file.read_text(encoding="utf-8")
+            except OSError as err:
+                raise CodecError(f"{source} cannot be read ({err.strerror or type(err).__name__})") from None
+            except UnicodeDecodeError:
+                raise CodecError(f"{source} is not UTF-8 text") from None
+            return Keyring.from_json(text, current=self.codec_key_id, source=source)
+        if self.codec_key_id is not None:
+            raise CodecError("QUANTUM_CODEC_KEY_ID is set but no keys are: set QUANTUM_CODEC_KEYS or QUANTUM_CODEC_KEYS_FILE")
+        return None
 
     @property
     def nats_credentials(self) -> str | None:

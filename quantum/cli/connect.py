@@ -15,6 +15,7 @@ from quantum.bus import BusError
 from quantum.cli.errors import CliError, reason, settings_problem
 from quantum.cli.output import fail
 from quantum.client import connect
+from quantum.codec import CodecError
 from quantum.settings import Settings
 from quantum.views import without_secrets
 
@@ -33,6 +34,8 @@ async def client_for(settings: Settings, *, runtime: Runtime | None = None) -> C
     """The Temporal client of the settings; an unreachable or unusable server is one :class:`CliError`."""
     try:
         return await connect(settings, runtime=runtime)
+    except CodecError as err:  # the codec keys, not the server
+        raise CliError(str(err)) from None
     except (RuntimeError, OSError) as err:
         raise CliError(
             f"Temporal at {settings.temporal_address} does not answer ({reason(err)}); start the stack with "

@@ -14,6 +14,7 @@ from temporalio.exceptions import TemporalError
 from temporalio.service import RPCError, RPCStatusCode
 
 from quantum.cli.output import fail
+from quantum.codec import CodecError
 from quantum.metrics import MetricsError
 from quantum.settings import Settings
 from quantum.stack import StackError
@@ -89,7 +90,7 @@ def explain_nats(err: nats.errors.Error, settings: Settings | None) -> str:
 
 def explain(err: BaseException, settings: Settings | None = None) -> str | None:
     """One line saying what happened, for the errors the services, files and settings raise; None for a bug."""
-    if isinstance(err, CliError | StackError | MetricsError):
+    if isinstance(err, CliError | StackError | MetricsError | CodecError):
         return str(err)
     if isinstance(err, TemporalError):
         return explain_temporal(err, settings)

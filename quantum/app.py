@@ -20,6 +20,7 @@ from quantum.client import connect
 from quantum.metrics import MetricsError, serve_metrics
 from quantum.settings import Settings
 from quantum.stack import EmbeddedStack
+from quantum.stack.probes import join_host_port
 from quantum.stack.prometheus import ProcessTarget, reload_when_rules_change
 from quantum.telemetry import telemetry
 from quantum.worker import Agents, build_agents, new_worker
@@ -77,7 +78,7 @@ def metrics_served(
     """Serve this process's ``/metrics`` and make it a target of the stack's Prometheus while it runs; yields its
     URL (None when ``optional`` and the port is taken)."""
     try:
-        server = serve_metrics(settings.metrics_port)
+        server = serve_metrics(settings.metrics_port, settings.metrics_host)
     except MetricsError as err:
         if not optional:
             raise
@@ -85,8 +86,9 @@ def metrics_served(
         yield None
         return
     try:
-        with ProcessTarget(settings.data_path, job, f"127.0.0.1:{settings.metrics_port}"):
-            yield f"http://127.0.0.1:{settings.metrics_port}/metrics"
+        here = "127.0.0.1" if settings.metrics_host in ("0.0.0.0", "::", "") else settings.metrics_host
+        with ProcessTarget(settings.data_path, job, join_host_port(here, settings.metrics_port)):
+            yield f"http://{join_host_port(here, settings.metrics_port)}/metrics"
     finally:
         server.shutdown()
 

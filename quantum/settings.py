@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     llm_completion_price_per_1k: float = Field(default=0.0, ge=0, description="Price of 1000 completion tokens.")
 
     metrics_port: int = DEFAULT_METRICS_PORT
+    metrics_host: str = Field(
+        default="127.0.0.1", description="Where /metrics listens: 0.0.0.0 in a pod, so Prometheus and probes reach it."
+    )
     worker_shutdown_seconds: float = Field(
         default=90.0,
         gt=0,
@@ -183,7 +186,9 @@ class Settings(BaseSettings):
                 raise CodecError(f"{source} is not UTF-8 text") from None
             return Keyring.from_json(text, current=self.codec_key_id, source=source)
         if self.codec_key_id is not None:
-            raise CodecError("QUANTUM_CODEC_KEY_ID is set but no keys are: set QUANTUM_CODEC_KEYS or QUANTUM_CODEC_KEYS_FILE")
+            raise CodecError(
+                "QUANTUM_CODEC_KEY_ID is set but no keys are: set QUANTUM_CODEC_KEYS or QUANTUM_CODEC_KEYS_FILE"
+            )
         return None
 
     @property

@@ -310,6 +310,11 @@ class InfraAgent:
             await nc.close()
 
     def state_dir(self, project: str, environment: str) -> Path:
+        """Where the state of ``project`` in ``environment`` lives; both must be plain names (an activity's input is
+        checked here whoever built it: nothing may lead outside the root)."""
+        for what, name in (("project", project), ("environment", environment)):
+            if not _ENVIRONMENT.fullmatch(name):
+                raise failure(INVALID_REQUEST, f"{what} {name[:80]!r} is not a plain name")
         return self.root / STATE_DIR / project / environment
 
     def load_state(self, project: str, environment: str) -> State:
@@ -343,8 +348,6 @@ class InfraAgent:
 
     @asynccontextmanager
     async def _locked(self, project: str, environment: str, run_id: str) -> AsyncIterator[_Context]:
-        if not _ENVIRONMENT.match(environment):
-            raise failure(INVALID_REQUEST, f"environment {environment!r} is not a plain name")
         directory = self.state_dir(project, environment)
         async with self._flock(directory / LOCK_FILE, run_id, f"the state of {project}/{environment}"):
             yield _Context(self, project, environment, run_id)

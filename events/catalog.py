@@ -17,13 +17,13 @@ from pydantic import (
 
 from events.envelope import CloudEvent, InvalidEvent, UnknownEventType, describe
 from events.models import (
-    EDGE,
     MAX_COMMENT_CHARS,
     CodeRequest,
     InfraRequest,
     Person,
     PipelineRequest,
     ReviewInput,
+    at_edge,
 )
 
 RunId = str
@@ -224,9 +224,10 @@ def inbound_data(event: CloudEvent) -> tuple[EventType, BaseModel]:
     """The inbound type of ``event`` and its validated data; an :class:`EventError` when either is wrong."""
     kind = INBOUND.get(event.type)
     if kind is None:
-        raise UnknownEventType(f"unknown event type {event.type!r}; accepted: {', '.join(INBOUND)}")
+        named = event.type if len(event.type) <= 200 else f"{event.type[:200]}… ({len(event.type)} characters)"
+        raise UnknownEventType(f"unknown event type {named!r}; accepted: {', '.join(INBOUND)}")
     try:
-        return kind, kind.data.model_validate(event.data, extra=EDGE)
+        return kind, at_edge(kind.data, event.data)
     except ValidationError as err:
         raise InvalidEvent(describe(err, prefix="data.")) from None
 

@@ -7,11 +7,13 @@ client can produce them.
 from __future__ import annotations
 
 import ast
+import json
 import re
 import unicodedata
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -36,7 +38,7 @@ MAX_SOURCE_PATH_CHARS = 200
 MAX_PATH_PART_CHARS = 100
 MAX_RESOURCES = 20
 EDGE: Literal["forbid"] = "forbid"
-"""How the edges validate what people and clients send: ``model_validate(data, extra=EDGE)``, every level."""
+"""How the edges refuse fields nobody knows in what people and clients send, at every level (see :func:`at_edge`)."""
 REVIEW_REFUSED = "ReviewRefused"
 """The failure type of a ``review`` Update the run's rules refuse: the CLI and the bridge read it."""
 DEFAULT_MAX_ATTEMPTS = 3
@@ -66,11 +68,29 @@ MAX_ACCEPTANCE_BYTES = 256 * 1024
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,39}$")]
 """A project or resource name: lower-case letters, digits, ``-`` and ``_``, starting with a letter."""
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+"""Controls, format characters (zero-width spaces and joiners, bidi marks, soft hyphens, BOM), surrogates, private
+use, unassigned code points, line and paragraph separators: what makes two names look the same and differ."""
+
+
+def invisible_characters(text: str) -> list[str]:
+    """The invisible or control characters of ``text``, as ``U+XXXX``."""
+    return [f"U+{ord(ch):04X}" for ch in text if unicodedata.category(ch) in _INVISIBLE_CATEGORIES]
+
+
+def _visible(name: str) -> str:
+    hidden = invisible_characters(name)
+    if hidden:
+        raise ValueError(f"contains invisible or control characters ({', '.join(sorted(set(hidden))[:5])})")
+    return name
+
+
 Person = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_NAME_CHARS, pattern=r"^[^\x00-\x1f\x7f]+$"),
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_NAME_CHARS),
+    AfterValidator(_visible),
 ]
-"""A person's name: 1 to 100 characters, no control characters."""
+"""A person's name: 1 to 100 characters, nothing invisible (no control, format or zero-width characters)."""
 Comment = Annotated[str, StringConstraints(max_length=MAX_COMMENT_CHARS)]
 
 _SPACES = re.compile(r"\s+")
@@ -80,12 +100,30 @@ def _has_control_character(text: str) -> bool:
     return any(ord(ch) < 32 or ord(ch) == 127 for ch in text)
 
 
-def normalise_identity(name: str) -> str:
-    """The form in which names are compared: Unicode NFKC, case-folded, inner spaces collapsed, trimmed.
+def visible_form(name: str) -> str:
+    """``name`` in Unicode NFKC with every invisible or control character removed (case kept)."""
+    text = unicodedata.normalize("NFKC", name)
+    return "".join(ch for ch in text if unicodedata.category(ch) not in _INVISIBLE_CATEGORIES)
 
-    ``Ann``, ``ann`` and `` ANN `` are one person; so are ``ｅｒｉｎ`` (full-width) and ``erin``.
+
+def normalise_identity(name: str) -> str:
+    """The form in which names are compared: Unicode NFKC, invisible characters removed, case-folded, inner spaces
+    collapsed, trimmed.
+
+    ``Ann``, ``ann`` and `` ANN `` are one person; so are ``ｅｒｉｎ`` (full-width), ``erin`` and ``er\u200bin`` (a
+    zero-width space inside). Names carrying invisible characters are refused at the edges anyway (:data:`Person`).
     """
-    return _SPACES.sub(" ", unicodedata.normalize("NFKC", name).casefold()).strip()
+    return _SPACES.sub(" ", visible_form(name).casefold()).strip()
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def at_edge(model: type[ModelT], data: Any) -> ModelT:
+    """``data`` (parsed JSON or YAML from a person or a client) as ``model``, validated as the edges validate: no
+    field nobody knows, and JSON types as the published schema says them (``"yes"`` is not a boolean, ``true`` not
+    a number), which pydantic's lax mode would otherwise coerce."""
+    return model.model_validate_json(json.dumps(data, default=str), strict=True, extra=EDGE)
 
 
 class _Strict(BaseModel):
@@ -254,7 +292,24 @@ class InfraResource(_Strict):
                 raise ValueError(
                     f"subject {subject!r} is reserved (the product's own bus, JetStream's API, reply inboxes)"
                 )
+            problem = subject_problem(subject)
+            if problem:
+                raise ValueError(f"subject {subject!r} {problem}")
         return self
+
+
+def subject_problem(subject: str) -> str | None:
+    """Why NATS would refuse ``subject`` for a stream, or None: tokens are non-empty, ``*`` stands alone in its token
+    and ``>`` only as the last token."""
+    tokens = subject.split(".")
+    for index, token in enumerate(tokens):
+        if not token:
+            return "has an empty token (a leading, trailing or doubled '.')"
+        if ("*" in token or ">" in token) and len(token) > 1:
+            return f"has the token {token!r}: '*' and '>' stand alone in their token"
+        if token == ">" and index != len(tokens) - 1:
+            return "has '>' before its last token"
+    return None
 
 
 _PATH_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -293,7 +348,12 @@ def _check_source(source: dict[str, str]) -> dict[str, str]:
         problem = source_path_problem(path)
         if problem:
             raise ValueError(f"source path {path[:MAX_SOURCE_PATH_CHARS]!r} {problem}")
-        total += len(content.encode(errors="surrogatepass"))
+        try:
+            total += len(content.encode("utf-8"))
+        except UnicodeEncodeError as err:  # a lone surrogate: no file, no payload can hold it
+            raise ValueError(
+                f"source file {path!r} is not text: it holds U+{ord(content[err.start]):04X} (a lone surrogate)"
+            ) from None
     if total > MAX_SOURCE_BYTES:
         raise ValueError(f"source files total {total} bytes, over the {MAX_SOURCE_BYTES} byte limit")
     return source
@@ -592,8 +652,9 @@ class ReviewDecision(BaseModel):
             return f"the reviewer name is {len(self.reviewer)} characters long, over the {MAX_NAME_CHARS} limit"
         if not normalise_identity(self.reviewer):
             return "the review names no reviewer"
-        if _has_control_character(self.reviewer):
-            return "the reviewer name contains a control character"
+        hidden = invisible_characters(self.reviewer)
+        if hidden:
+            return f"the reviewer name contains invisible or control characters ({', '.join(sorted(set(hidden))[:5])})"
         if len(self.comment) > MAX_COMMENT_CHARS:
             return f"the comment is {len(self.comment)} characters long, over the {MAX_COMMENT_CHARS} limit"
         for field, limit in _REVIEW_EXTRAS.items():

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from events.models import EDGE
+from events.models import at_edge
 
 EXAMPLES = Path(__file__).parent / "examples"
 
@@ -42,6 +42,6 @@ def load_model(path: Path, model: type[BaseModel]) -> Any:
     if not isinstance(data, dict):
         raise RequestError(f"{path} must hold an object with the request's fields, not {type(data).__name__}")
     try:
-        return model.model_validate(data, extra=EDGE)
+        return at_edge(model, data)
     except ValidationError as err:
         raise RequestError(f"{path} is not a valid {model.__name__}:\n{describe_validation_error(err)}") from None

@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         GateRule,
         ReviewDecision,
         normalise_identity,
+        visible_form,
     )
     from workflows import metrics, presets
     from workflows.audit_log import AuditLog
@@ -97,7 +98,7 @@ def is_service_identity(name: str) -> bool:
     who = normalise_identity(name)
     return (
         who in _SERVICE_NAMES
-        or bool(_AGENT_SHAPE.match(name.strip()))
+        or bool(_AGENT_SHAPE.match(visible_form(name).strip()))
         or who.startswith(("quantum-", "quantum.", "quantum ", "system:", "agent:", "service:"))
     )
 

@@ -62,6 +62,8 @@ def describe_options(err: ValidationError, options: dict[str, str]) -> str:
             problems.append(f"{option} is not valid text (UTF-8)")
         elif problem["type"] == "string_pattern_mismatch" and isinstance(given, str) and has_control_characters(given):
             problems.append(f"{option} must not contain control characters")
+        elif problem["type"] == "value_error" and context.get("error"):
+            problems.append(f"{option} {context['error']}")
         else:
             problems.append(f"{option}: {problem['msg']}")
     return "; ".join(problems)

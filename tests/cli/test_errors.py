@@ -65,7 +65,8 @@ def test_a_usage_error_is_one_line_and_exit_2(nowhere: dict[str, str], args: lis
     [
         ("--reviewer", "", "--reviewer must not be empty"),
         ("--reviewer", "   ", "--reviewer must not be empty"),
-        ("--reviewer", "eve\x07il", "--reviewer must not contain control characters"),
+        ("--reviewer", "eve\x07il", "--reviewer contains invisible or control characters (U+0007)"),
+        ("--reviewer", "b\u200bob", "--reviewer contains invisible or control characters (U+200B)"),
         ("--reviewer", "r" * 101, "--reviewer is 101 characters long, over the 100 limit"),
         ("--reviewer", "caf\udce9", "--reviewer is not valid text (UTF-8)"),
         ("--gate", "", "--gate must not be empty"),

@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from events.streams import EVENTS_STREAM, ensure_streams
-from quantum.app import Running, bridge_running, metrics_served, running, wait_for_stop_signal
+from quantum.app import Running, bridge_running, connect_nats, metrics_served, running, wait_for_stop_signal
 from quantum.cli.apps import app
 from quantum.cli.connect import client_for, load_settings, nats_for
 from quantum.cli.errors import USAGE, CliError, run
@@ -120,9 +120,12 @@ BUS_READY_SECONDS = 30.0
 
 
 async def bus_ready(settings: Settings) -> NATS:
-    """A NATS connection once JetStream has the streams: a cluster whose server just restarted, or whose leaders
-    are being elected, is given :data:`BUS_READY_SECONDS`; an unreachable one is refused at once."""
-    nc = await nats_for(settings)
+    """A NATS connection that reconnects after a server's restart, once JetStream has the streams: a cluster whose
+    server just restarted, or whose leaders are being elected, is given :data:`BUS_READY_SECONDS`; an unreachable
+    one is refused at once."""
+    probe = await nats_for(settings)  # an unreachable server is one clear error, at once
+    await probe.close()
+    nc = await connect_nats(settings.nats_url, settings.nats_credentials)  # reconnects for as long as it runs
     deadline = asyncio.get_running_loop().time() + BUS_READY_SECONDS
     while True:
         try:

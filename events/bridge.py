@@ -45,6 +45,7 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError, NotFoundError
@@ -88,6 +89,7 @@ REDELIVERIES = Counter("quantum_bridge_redeliveries_total", "Inbound events deli
 LAG = Gauge("quantum_bridge_lag_seconds", "Age of the oldest inbound event not yet acknowledged (0 when none waits)")
 PENDING = Gauge("quantum_bridge_pending_events", "Inbound events not yet acknowledged (waiting or in flight)")
 LAG_INTERVAL_SECONDS = 5.0
+FETCH_RETRY_SECONDS = 1.0
 _REASON_KIND = re.compile(r"^([A-Z][A-Za-z]{2,40})\b")
 
 
@@ -324,6 +326,10 @@ class Bridge:
                 try:
                     msgs = await sub.fetch(self.config.batch, timeout=1)
                 except (TimeoutError, NatsTimeoutError):
+                    continue
+                except NatsError as err:  # the bus away for a moment: a server restarting, a leader being elected
+                    log.warning("fetching failed (%s: %s); trying again", type(err).__name__, err)
+                    await self._back_off(FETCH_RETRY_SECONDS)
                     continue
                 outcomes = await asyncio.gather(*(self.handle(msg) for msg in msgs))
                 if Outcome.RETRY in outcomes:

@@ -18,8 +18,28 @@ from tests.cli.support import QUANTUM, answers
 from tests.conftest import BIN, free_port
 
 
+class _Killable:
+    """A child process the tests kill with SIGKILL, or stop with SIGTERM (then SIGKILL after ``grace`` seconds)."""
+
+    proc: subprocess.Popen[bytes] | None
+    grace: float = 10
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=self.grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
 @dataclass
-class NatsNode:
+class NatsNode(_Killable):
     """One server of the cluster, with a file store that survives its SIGKILL."""
 
     name: str
@@ -48,19 +68,6 @@ class NatsNode:
         log = (self.store.parent / f"{self.name}.log").open("ab")
         self.proc = subprocess.Popen([str(BIN / "nats-server"), "-c", str(config)], stdout=log, stderr=log)
 
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
 
 @contextlib.contextmanager
 def nats_cluster(directory: Path, size: int = 3) -> Iterator[list[NatsNode]]:
@@ -80,7 +87,7 @@ def nats_cluster(directory: Path, size: int = 3) -> Iterator[list[NatsNode]]:
 
 
 @dataclass
-class Process:
+class Process(_Killable):
     """A ``quantum`` process (worker or bridge) as a cluster runs it."""
 
     name: str
@@ -88,6 +95,7 @@ class Process:
     env: dict[str, str]
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    grace: float = 60  # a worker drains its activities first
 
     @property
     def metrics_port(self) -> int:
@@ -103,19 +111,6 @@ class Process:
             assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
             assert time.monotonic() < deadline, self.log.read_text()
             time.sleep(0.2)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
     def metric(self, name: str, **labels: str) -> float:
         """The sum of ``name``'s samples with ``labels`` on this process's ``/metrics`` now."""

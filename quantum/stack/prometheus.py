@@ -158,13 +158,17 @@ class PrometheusServer:
         await self._process.stop(timeout)
 
 
-async def prometheus_ready(url: str) -> bool:
-    """Whether a Prometheus at ``url`` says it is ready."""
+async def _answers_ok(method: str, url: str) -> bool:
     try:
         async with httpx.AsyncClient(timeout=PROBE_TIMEOUT) as client:
-            return (await client.get(f"{url}/-/ready")).status_code == 200
+            return (await client.request(method, url)).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+async def prometheus_ready(url: str) -> bool:
+    """Whether a Prometheus at ``url`` says it is ready."""
+    return await _answers_ok("GET", f"{url}/-/ready")
 
 
 def _rules_signature(data: Path) -> tuple[tuple[str, float], ...]:
@@ -188,8 +192,4 @@ async def reload_when_rules_change(url: str, data: Path, *, interval: float = RU
 
 async def reload(url: str) -> bool:
     """Ask the Prometheus at ``url`` to read its configuration and rule files again."""
-    try:
-        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT) as client:
-            return (await client.post(f"{url}/-/reload")).status_code == 200
-    except httpx.HTTPError:
-        return False
+    return await _answers_ok("POST", f"{url}/-/reload")

@@ -71,7 +71,7 @@ async def test_two_workers_and_two_bridges_share_the_work_through_failures(
             QUANTUM_TASK_QUEUE=task_queue,
             QUANTUM_STREAM_REPLICAS="3",
             QUANTUM_DATA_DIR=str(tmp_path / "data"),  # the workers' shared volume
-            QUANTUM_BRIDGE_BATCH="16",
+            QUANTUM_BRIDGE_BATCH="4",  # small batches: both bridges fetch while events arrive
         )
         processes = [
             Process(name, command, base | {"QUANTUM_METRICS_PORT": str(free_port())}, tmp_path / f"{name}.log")

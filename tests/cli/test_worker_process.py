@@ -96,3 +96,65 @@ async def test_sigterm_drains_the_running_activity(
     ]
     assert "testgen.execute_tests" in completed, completed  # finished, not cancelled or timed out
     await handle.terminate("test over")
+
+
+async def test_sigterm_stops_the_bridge_with_nothing_left_unacknowledged(
+    tmp_path: Path, temporal_address: str, client: Client
+) -> None:
+    """SIGTERM while events stream in: the bridge stops fetching, settles what it holds and exits 0; every event it
+    took is acknowledged (none left in flight on the consumer), and it took some but not the rest."""
+    import contextlib
+
+    import nats
+
+    from events.catalog import INBOUND, workflow_id
+    from events.envelope import new_event
+    from events.streams import EVENTS_STREAM
+    from tests.conftest import nats_server
+
+    with contextlib.ExitStack() as servers:
+        nats_url = await asyncio.to_thread(servers.enter_context, nats_server(tmp_path / "nats"))  # its own bus
+        env = env_for(tmp_path, temporal_address, nats_url)
+        env["QUANTUM_BRIDGE_BATCH"] = "8"
+        log = (tmp_path / "bridge.log").open("w")
+        proc = subprocess.Popen([str(QUANTUM), "bridge"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        nc = await nats.connect(nats_url)
+        kind = INBOUND["quantum.code.requested"]
+        ids = []
+        try:
+            for _ in range(300):
+                if answers(int(env["QUANTUM_METRICS_PORT"])):
+                    break
+                await asyncio.sleep(0.1)
+            for n in range(40):
+                event = new_event(
+                    "quantum.code.requested",
+                    {"project": f"drain{n}", "prompt": "a slugify helper", "requested_by": "ann"},
+                    source="tests",
+                )
+                await nc.jetstream().publish(event.nats_subject, event.to_bytes(), headers={"Nats-Msg-Id": event.id})
+                ids.append(workflow_id(kind, event.id))
+                if n == 20:
+                    proc.send_signal(signal.SIGTERM)
+                    await asyncio.sleep(0.2)
+            code = await asyncio.to_thread(proc.wait, 60)
+            info = await nc.jetstream().consumer_info(EVENTS_STREAM, "quantum-bridge")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            log.close()
+            await nc.close()
+    output = (tmp_path / "bridge.log").read_text()
+    assert code == 0, output
+    assert info.num_ack_pending == 0, info  # nothing it took is left in flight
+    started = [i for i in ids if await exists(client, i)]
+    assert 0 < len(started) < len(ids), len(started)  # it took some, then stopped taking
+    assert info.num_pending == len(ids) - len(started)  # the rest waits for the next bridge
+
+
+async def exists(client: Client, workflow_id: str) -> bool:
+    try:
+        await client.get_workflow_handle(workflow_id).describe()
+    except Exception:
+        return False
+    return True

@@ -3,6 +3,7 @@ bridge`` as a cluster runs them, and NATS servers (alone or in a cluster) on fil
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nats.aio.client import Client as NATS
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.cli.support import QUANTUM, answers
@@ -122,3 +124,15 @@ class Process(_Killable):
             for sample in family.samples
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
         )
+
+
+async def publish_until_acknowledged(nc: NATS, subject: str, data: bytes, msg_id: str) -> None:
+    """Publish until JetStream acknowledges it (stored, on a quorum of a cluster), as any client should: a server
+    may be down, a leader moving; the message id makes each retry harmless."""
+    for attempt in range(100):
+        try:
+            await nc.jetstream(timeout=5).publish(subject, data, headers={"Nats-Msg-Id": msg_id})
+            return
+        except Exception:
+            await asyncio.sleep(min(1.0, 0.1 * (attempt + 1)))
+    raise AssertionError(f"{msg_id} was never acknowledged")

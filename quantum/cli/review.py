@@ -30,7 +30,7 @@ from quantum.cli.params import RunId, describe_options
 from quantum.cli.runs import TERMINAL, GateHandler, ending, fetch_status, has_ended
 from quantum.views import plain
 from workflows.models import AuditEntry, ReviewVerdict, RunStatusView
-from workflows.reviews import REFUSED, signed_message
+from workflows.reviews import REFUSED, gate_policy, signed_message
 
 REVIEW_OPTIONS = {
     "gate": "--gate",
@@ -188,10 +188,8 @@ def review(
 
 
 def named_reviewers(request: PipelineRequest, gate: str) -> list[str]:
-    """The reviewers the request names for ``gate`` (its rule of the gate, else its run-wide list)."""
-    policy = request.approval_policy
-    rule = policy.gates.get(gate)  # type: ignore[call-overload]
-    return list(rule.reviewers) if rule is not None and rule.reviewers is not None else list(policy.reviewers)
+    """The reviewers the request names for ``gate``, resolved as the run resolves them."""
+    return list(gate_policy(gate, request.approval_policy).reviewers)
 
 
 def auto_approver(request: PipelineRequest) -> GateHandler:

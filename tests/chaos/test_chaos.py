@@ -40,7 +40,7 @@ from events.streams import EVENTS_STREAM, ensure_streams
 from quantum.stack import TemporalDevServer
 from tests.cli.support import processes_mentioning
 from tests.conftest import free_port
-from tests.processes import NatsNode, Process
+from tests.processes import NatsNode, Process, publish_until_acknowledged
 from workflows.models import PipelineResult
 
 pytestmark = [pytest.mark.timeout(1500), pytest.mark.workflow]
@@ -163,7 +163,7 @@ async def count_side_effects(
             event = json.loads(msg.data or b"{}")
             if any(str(event.get("data", {}).get("pipeline_id", "")) == h.id for h in handles):
                 ids[str(event["id"])] += 1
-        streams = {s.config.name async for s in _streams(js)}
+        streams = {info.config.name for info in await js.streams_info()}
     finally:
         await nc.close()
     duplicates = sum(n - 1 for n in ids.values() if n > 1)
@@ -176,11 +176,6 @@ async def count_side_effects(
     }
     duplicates += sum(n - 1 for n in per_run_streams.values() if n > 1) + sum(n - 1 for n in releases.values() if n > 1)
     return {"events": sum(ids.values()), "duplicates": duplicates, "streams": per_run_streams, "releases": releases}
-
-
-async def _streams(js: Any) -> Any:
-    for info in await js.streams_info():
-        yield info
 
 
 async def test_the_temporal_server_killed_mid_run_resumes_from_its_database(tmp_path: Path, nats_url: str) -> None:
@@ -302,16 +297,6 @@ async def test_nats_killed_while_events_are_published_loses_none_and_doubles_non
 async def restart_after(node: NatsNode, seconds: float) -> None:
     await asyncio.sleep(seconds)
     node.start()
-
-
-async def publish_until_acknowledged(nc: Any, subject: str, data: bytes, msg_id: str) -> None:
-    for attempt in range(100):
-        try:
-            await nc.jetstream(timeout=3).publish(subject, data, headers={"Nats-Msg-Id": msg_id})
-            return
-        except Exception:
-            await asyncio.sleep(min(1.0, 0.1 * (attempt + 1)))
-    raise AssertionError(f"{msg_id} was never acknowledged")
 
 
 async def wait_started(handles: list[WorkflowHandle[Any, Any]], timeout: float = 120) -> None:

@@ -22,7 +22,7 @@ from events.catalog import INBOUND, workflow_id
 from events.envelope import new_event
 from events.streams import EVENTS_STREAM, StreamLimits, ensure_streams
 from tests.conftest import free_port
-from tests.processes import NatsNode, Process, nats_cluster
+from tests.processes import NatsNode, Process, nats_cluster, publish_until_acknowledged
 from workflows.models import RunStatusView
 
 pytestmark = [pytest.mark.timeout(1200), pytest.mark.workflow]
@@ -44,17 +44,6 @@ async def connected(urls: str) -> NATS:
         except Exception:
             assert asyncio.get_running_loop().time() < deadline, "the NATS cluster did not form"
             await asyncio.sleep(0.5)
-
-
-async def publish_with_retries(nc: NATS, subject: str, data: bytes, msg_id: str) -> None:
-    """Until JetStream acknowledges it (stored on a quorum of the cluster): a server may be down, a leader moving."""
-    for attempt in range(60):
-        try:
-            await nc.jetstream(timeout=5).publish(subject, data, headers={"Nats-Msg-Id": msg_id})
-            return
-        except Exception:
-            await asyncio.sleep(min(2.0, 0.1 * (attempt + 1)))
-    raise AssertionError(f"event {msg_id} was never acknowledged")
 
 
 async def test_two_workers_and_two_bridges_share_the_work_through_failures(
@@ -118,7 +107,7 @@ async def publish_through_failures(nc: NATS, worker: Process, node: NatsNode) ->
             {"project": f"scale-{n}", "prompt": prompt, "requested_by": "alice"},
             source="tests",
         )
-        await publish_with_retries(nc, event.nats_subject, event.to_bytes(), event.id)
+        await publish_until_acknowledged(nc, event.nats_subject, event.to_bytes(), event.id)
         ids.append(workflow_id(kind, event.id))
     info = await nc.jetstream(timeout=10).stream_info(EVENTS_STREAM)
     assert info.config.num_replicas == 3

@@ -14,12 +14,12 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import FailureError, is_cancelled_exception
 
+from workflows.patches import AUDIT_STREAM_PATCH
+
 with workflow.unsafe.imports_passed_through():
     from events.audit import AppendedRecord, AuditChain, AuditRecorder, ReviewFields
     from workflows.models import AuditEntry
 
-AUDIT_STREAM_PATCH = "audit-stream"
-"""Runs recorded before reviews were appended to ``QUANTUM_AUDIT`` replay without appending."""
 
 APPEND: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=30),

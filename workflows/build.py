@@ -15,6 +15,8 @@ from functools import partial
 from temporalio import workflow
 from temporalio.exceptions import FailureError, is_cancelled_exception
 
+from workflows.patches import REMEMBER_PATCH, REPAIR_PATCH
+
 with workflow.unsafe.imports_passed_through():
     from agents.codegen import MODEL_PROVIDER, OFFLINE_PROVIDER, CodegenAgent
     from agents.models import (
@@ -36,10 +38,6 @@ with workflow.unsafe.imports_passed_through():
     from workflows.models import MAX_ERROR_CHARS, AttemptRecord, clip
     from workflows.saga import Run, RunStopped, failure_message
 
-REPAIR_PATCH = "model-repair-attempts"
-"""Runs recorded before the repair loop failed at the first failing attempt."""
-REMEMBER_PATCH = "remember-generations"
-"""Runs recorded before successful model generations were kept in the pattern store."""
 MAX_ATTEMPT_ERROR_CHARS = 500
 MAX_FEEDBACK_OUTPUT_CHARS = 3000
 MAX_FEEDBACK_CHARS = 6000

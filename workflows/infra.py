@@ -11,6 +11,8 @@ import pydantic
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
+from workflows.patches import PROJECT_CHAIN_PATCH
+
 with workflow.unsafe.imports_passed_through():
     from agents.errors import INVALID_REQUEST
     from agents.infra import InfraAgent
@@ -31,8 +33,6 @@ def plan_input(run_id: str, project: str, environment: str, resources: list[Infr
     )
 
 
-PROJECT_CHAIN_PATCH = "infra-project-chain"
-"""Runs recorded before requests could name other projects' resources."""
 CHAIN_MARK = ".chain."
 MAX_CHAIN = 4
 

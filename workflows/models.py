@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -67,6 +68,14 @@ class AuditEntry(BaseModel):
     )
 
 
+class GateOpening(BaseModel):
+    """When a gate opened (workflow time), how long it waits and how many approvals it needs."""
+
+    opened_at: datetime
+    timeout_seconds: float
+    required_approvals: int
+
+
 class AttemptRecord(BaseModel):
     """One attempt of the generate, test and repair loop: who wrote the code, how it ended, what it cost."""
 
@@ -93,6 +102,9 @@ class RunStatusView(BaseModel):
     approvals: dict[str, list[str]] = Field(default_factory=dict)
     gate_digests: dict[str, str] = Field(
         default_factory=dict, description="The sha256 of what each opened gate asks about; reviews may name it."
+    )
+    gate_openings: dict[str, GateOpening] = Field(
+        default_factory=dict, description="When each gate opened, its timeout and quorum (empty in older runs)."
     )
     compensations: list[CompensationRecord] = Field(default_factory=list)
     audit: list[AuditEntry] = Field(default_factory=list)

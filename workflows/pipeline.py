@@ -8,6 +8,8 @@ import pydantic
 from temporalio import workflow
 from temporalio.exceptions import FailureError, is_cancelled_exception
 
+from workflows.patches import RECORD_RELEASE_PATCH
+
 with workflow.unsafe.imports_passed_through():
     from agents.deploy import DeployAgent
     from agents.models import (
@@ -31,8 +33,6 @@ with workflow.unsafe.imports_passed_through():
     from workflows.saga import Run, failure_message
 
 
-RECORD_RELEASE_PATCH = "security-record-release"
-"""Runs recorded before it kept no release's findings for the next run to be compared with."""
 MAX_GATE_FINDINGS = 5
 
 

@@ -10,6 +10,7 @@ from temporalio.common import RetryPolicy
 from temporalio.workflow import ActivityCancellationType
 
 from agents.errors import NON_RETRYABLE_TYPES
+from workflows.patches import WAIT_FOR_CANCELLATION_PATCH
 
 _RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -23,8 +24,6 @@ HEARTBEAT = timedelta(seconds=30)
 """Every activity heartbeats (the worker's heartbeat interceptor): a dead worker's activity is retried elsewhere
 within this time, and a cancellation reaches a running activity."""
 
-WAIT_FOR_CANCELLATION_PATCH = "wait-for-cancellation"
-"""Runs recorded before it let compensations start while a cancelled activity was still running."""
 
 QUICK: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=180),
@@ -82,3 +81,10 @@ PUBLISH: dict[str, Any] = {
     ),
 }
 """Publishing an outbound event: retried for up to five minutes, then the run carries on with a warning."""
+
+PUBLISH_LOCAL: dict[str, Any] = {
+    **PUBLISH,
+    "local_retry_threshold": timedelta(seconds=5),
+}
+"""The same, as a local activity: a backoff longer than 5 s waits on a server timer rather than holding the
+workflow task open."""

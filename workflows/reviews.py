@@ -27,6 +27,8 @@ from typing import Any
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError, FailureError
 
+from workflows.patches import BOUND_REVIEWS_PATCH, REMINDERS_PATCH, REVIEW_RULES_PATCH
+
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
@@ -50,22 +52,16 @@ with workflow.unsafe.imports_passed_through():
         MAX_REFUSED_REVIEWS,
         MAX_WARNING_CHARS,
         AuditEntry,
+        GateOpening,
         GateState,
         ReviewVerdict,
         clip,
     )
     from workflows.runview import RunStopped, RunView, failure_message
 
-REVIEW_RULES_PATCH = "review-rules-normalised"
-"""Runs recorded before it compared reviewer names as given and took reviews of any size."""
-REMINDERS_PATCH = "review-reminders"
-"""Runs recorded before gates sent a reminder at half their timeout and an escalation at 80 %."""
 REMINDER_AT = 0.5
 ESCALATION_AT = 0.8
 NUDGES = ((REMINDER_AT, "quantum.review.reminder"), (ESCALATION_AT, "quantum.review.escalated"))
-BOUND_REVIEWS_PATCH = "reviews-bound-and-signed"
-"""Runs recorded before gates carried digests, loaded reviewers' keys and refused agent identities; taken once,
-when the run starts, so the ``review`` Update's validator (which may not call ``workflow.patched``) knows the rules."""
 
 UNAUTHENTICATED = "unauthenticated"
 REFUSED = REVIEW_REFUSED
@@ -564,6 +560,9 @@ class Gates:
         view.status = "awaiting_review"
         view.outputs[f"{gate}_gate_reason"] = reason
         timeout = self.rule(gate).timeout_seconds
+        view.gate_openings[gate] = GateOpening(
+            opened_at=opened, timeout_seconds=timeout, required_approvals=self.rule(gate).required_approvals
+        )
         await self.run.announce(
             "quantum.review.requested",
             f"review.{gate}.requested",

@@ -19,6 +19,8 @@ from temporalio.exceptions import (
     is_cancelled_exception,
 )
 
+from workflows.patches import LOCAL_EVENTS_PATCH, OUTBOUND_EVENTS_PATCH
+
 with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel
 
@@ -35,9 +37,6 @@ with workflow.unsafe.imports_passed_through():
     )
 
 T = TypeVar("T")
-
-OUTBOUND_EVENTS_PATCH = "outbound-events"
-"""Runs recorded before outbound events existed replay without them."""
 
 
 class RunStopped(Exception):
@@ -81,14 +80,22 @@ class RunView:
     # --- outbound events ---------------------------------------------------------------------------------------
 
     async def announce(self, event_type: str, step: str, data: BaseModel) -> None:
-        """Publish an outbound event through the publisher activity; a failure to publish is a warning."""
+        """Publish an outbound event through the publisher activity; a failure to publish is a warning.
+
+        Exactly once on the bus: the event id comes from the run and the step, so a publication repeated (a
+        retried attempt, or a local activity run again after its worker died before the marker was recorded) is
+        dropped by JetStream as a duplicate.
+        """
         if not workflow.patched(OUTBOUND_EVENTS_PATCH):
             return
         inp = PublishEventInput(
             type=event_type, data=data.model_dump(mode="json"), workflow_id=self.view.pipeline_id, step=step
         )
         try:
-            await workflow.execute_activity_method(EventPublisher.publish, inp, **presets.PUBLISH)
+            if workflow.patched(LOCAL_EVENTS_PATCH):
+                await workflow.execute_local_activity_method(EventPublisher.publish, inp, **presets.PUBLISH_LOCAL)
+            else:
+                await workflow.execute_activity_method(EventPublisher.publish, inp, **presets.PUBLISH)
         except FailureError as err:
             if is_cancelled_exception(err):
                 raise asyncio.CancelledError(str(err)) from err

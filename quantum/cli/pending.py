@@ -1,8 +1,9 @@
 """``quantum reviews pending``: every run waiting at a gate, since when, and how long the gate has left.
 
-When the gate opened is read from the run's history: the ``events.publish`` activity scheduled for its
-``quantum.review.requested`` event, whose input also carries the gate's timeout and quorum. A run that did not
-announce its gate (recorded before outbound events) is shown from its start, with its request's approval policy.
+When the gate opened, its timeout and quorum come from the run's view (``gate_openings``). Runs from before the view
+carried them are read from their history: the ``events.publish`` activity scheduled for the gate's
+``quantum.review.requested`` event, whose input carries the timeout and quorum; a run that did not announce its gate
+(recorded before outbound events) is shown from its start, with its request's approval policy.
 Histories and inputs are data that anyone able to start a workflow wrote: each is bounded and checked before use.
 """
 
@@ -131,7 +132,11 @@ async def _waiting(client: Client, execution: WorkflowExecution) -> Waiting | No
     gate = view.pending_gate
     if view.status != "awaiting_review" or not gate:
         return None
-    opening = await gate_opening(client, execution, gate)
+    recorded = view.gate_openings.get(gate)
+    if recorded is not None:
+        opening = _Opening(recorded.opened_at, True, recorded.timeout_seconds, _count(recorded.required_approvals))
+    else:
+        opening = await gate_opening(client, execution, gate)
     reason = view.outputs.get(f"{gate}_gate_reason")
     return Waiting(
         run_id=execution.id,

@@ -139,10 +139,11 @@ async def stored(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Asy
 
 
 SDK_OWN = re.compile(
-    r"/markerRecordedEventAttributes/details/patch-data/|/searchAttributes/indexedFields/TemporalChange"
+    r"/markerRecordedEventAttributes/details/(patch-data|data)/|/searchAttributes/indexedFields/TemporalChange"
 )
-"""Where the SDK's core writes payloads of its own, which no codec sees: a ``workflow.patched`` marker's patch id
-and the ``TemporalChangeVersion`` search attribute listing the patch ids."""
+"""Where the SDK's core writes payloads of its own, which no codec sees: a ``workflow.patched`` marker's patch id,
+a local activity marker's bookkeeping (its sequence, attempt, activity type and completion time; its result is a
+payload of the run's and is encrypted) and the ``TemporalChangeVersion`` search attribute listing the patch ids."""
 
 
 def payload_encodings(node: Any, path: str = "") -> Iterator[tuple[str, str]]:
@@ -193,7 +194,7 @@ async def test_a_client_without_the_keys_reads_no_canary(stored: Stored) -> None
         encodings = list(payload_encodings(history.to_json_dict()))
         assert sum(encoding == "binary/encrypted" for _, encoding in encodings) >= 10
         in_clear = {path for path, encoding in encodings if encoding != "binary/encrypted"}
-        assert all(SDK_OWN.search(path) for path in in_clear), in_clear  # only patch markers and their attribute
+        assert all(SDK_OWN.search(path) for path in in_clear), in_clear  # only the SDK's own bookkeeping
     with pytest.raises(KeyError, match="binary/encrypted"):  # the status is there, but not for this client
         await stored.keyless.get_workflow_handle(stored.encrypted.succeeded.id).query("status")
 

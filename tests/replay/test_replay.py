@@ -12,11 +12,13 @@ digest, signed and appended to the audit stream; keep them: they prove that runs
 flight across those changes still replay (through ``workflow.patched``). The ``*-repair*`` histories are model
 runs of the repair loop (recorded against a scripted OpenAI-compatible server), ``codegen-tested`` a code generation
 with tests on, ``pipeline-policy`` a run under the deployment's reviewer groups and gate defaults and
-``pipeline-expired`` one whose gate expired.
+``pipeline-expired`` one whose gate expired. ``v5-*`` were recorded before outbound events were published through
+local activities.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
 from workflows import WORKFLOWS
+from workflows.patches import LOCAL_EVENTS_PATCH, PATCHES
 
 HISTORIES = Path(__file__).parent / "histories"
 FILES = sorted(HISTORIES.glob("*.json"))
@@ -45,6 +48,7 @@ def test_histories_are_recorded() -> None:
     assert {f"v3-{kind}" for kind in kinds} | {"infra-chained"} <= names
     assert {f"v4-{kind}" for kind in kinds} | {"v4-infra-chained"} <= names
     assert {"pipeline-policy", "pipeline-expired"} <= names
+    assert {f"v5-{kind}" for kind in kinds} | {"v5-codegen-succeeded", "v5-pipeline-policy"} <= names
 
 
 def workflow_id(path: Path) -> str:
@@ -77,3 +81,39 @@ async def test_a_changed_workflow_fails_replay() -> None:
     replayer = Replayer(workflows=[PipelineThatSkipsEveryStage], data_converter=pydantic_data_converter)
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     assert isinstance(result.replay_failure, NondeterminismError)
+
+
+def markers(path: Path) -> list[tuple[int, str]]:
+    """The markers of a recorded history, in order: (event id, patch id or ``local activity``)."""
+    found = []
+    for event in json.loads(path.read_text())["events"]:
+        attributes = event.get("markerRecordedEventAttributes")
+        if attributes is None:
+            continue
+        if attributes["markerName"] == "core_local_activity":
+            found.append((int(event["eventId"]), "local activity"))
+        elif attributes["markerName"] == "core_patch":
+            data = attributes["details"]["patch-data"]["payloads"][0]["data"]
+            found.append((int(event["eventId"]), json.loads(base64.b64decode(data))["id"]))
+    return found
+
+
+LOCAL_RUNS = [f for f in FILES if any(name == LOCAL_EVENTS_PATCH for _, name in markers(f))]
+
+
+def test_runs_that_publish_through_local_activities_are_recorded() -> None:
+    assert {"pipeline-succeeded", "pipeline-rejected", "codegen-succeeded", "infra-succeeded"} <= {
+        f.stem for f in LOCAL_RUNS
+    }
+    assert {"v5-pipeline-succeeded", "v4-pipeline-succeeded"}.isdisjoint(f.stem for f in LOCAL_RUNS)
+
+
+@pytest.mark.parametrize("path", LOCAL_RUNS, ids=[f.stem for f in LOCAL_RUNS])
+def test_every_patch_is_recorded_before_the_first_local_activity(path: Path) -> None:
+    """A patch first asked for after a local activity's result could be asked, on replay, one workflow task before
+    the one that recorded it; runs that publish through local activities ask for every patch at their start."""
+    found = markers(path)
+    first_local = min(event for event, name in found if name == "local activity")
+    patches = {name: event for event, name in found if name != "local activity"}
+    assert set(PATCHES) <= patches.keys()
+    assert all(event < first_local for event in patches.values())

@@ -64,7 +64,7 @@ from agents.models import (
     VerifyResult,
 )
 from agents.processes import ProcessIdentity, child_env, die_with_parent, signal_group, start_time
-from agents.pytest_runs import PYTEST_INI, pytest_argv, read_reports
+from agents.pytest_runs import PYTEST_ENV, PYTEST_INI, pytest_argv, read_reports
 from agents.release_server import ORIGIN_HEADER, RELEASE_HEADER
 from agents.sandbox import SANDBOX_PATH, Sandbox
 from agents.workspace import Workspaces, copy_files, remove_tree, run_dir_name
@@ -559,7 +559,7 @@ class DeployAgent:
                 pytest_argv(sandbox, scratch, ACCEPTANCE_DIR, junit=True, options=("--import-mode=importlib",)),
                 workspace=scratch,
                 timeout=VERIFY_TIMEOUT_SECONDS,
-                env={"PYTHONPATH": path, "PATH": SANDBOX_PATH},
+                env={"PYTHONPATH": path, "PATH": SANDBOX_PATH, **PYTEST_ENV},
             )
             reports = await asyncio.to_thread(read_reports, scratch, coverage=False, cases=True)
             report = verdict(sub, result, reports, time.monotonic() - started)

@@ -20,7 +20,7 @@ from defusedxml.common import DefusedXmlException
 from agents.sandbox import Sandbox
 from agents.workspace import UntrustedFile, copy_files, read_untrusted
 
-PYTEST_INI = "[pytest]\naddopts = -p no:cacheprovider\n"
+PYTEST_INI = "[pytest]\naddopts = -p no:cacheprovider\nasyncio_default_fixture_loop_scope = function\n"
 JUNIT_REPORT = "reports/junit.xml"
 COVERAGE_REPORT = "reports/coverage.json"
 MAX_JUNIT_BYTES = 4 * 1024 * 1024
@@ -37,10 +37,17 @@ def prepare_scratch(root: Path, scratch: Path, *dirs: str) -> None:
     (scratch / "reports").mkdir()
 
 
+PYTEST_ENV = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+"""pytest loads only the plugins its command line names: looking up and importing every installed plugin cost more
+than a second at each of a run's several pytest starts (its tests, then each mutant)."""
+PLUGINS = ("-p", "pytest_asyncio.plugin")
+"""The plugins tests may rely on: ``async def`` tests under pytest-asyncio."""
+
+
 def sandbox_env(sandbox: Sandbox, scratch: Path) -> dict[str, str]:
     """The environment of pytest in the sandbox: the code importable, coverage data kept with the reports."""
     inside = sandbox.workdir(scratch)
-    return {"PYTHONPATH": f"{inside}/src", "COVERAGE_FILE": f"{inside}/reports/.coverage"}
+    return {"PYTHONPATH": f"{inside}/src", "COVERAGE_FILE": f"{inside}/reports/.coverage", **PYTEST_ENV}
 
 
 def pytest_argv(
@@ -55,13 +62,11 @@ def pytest_argv(
     """pytest over ``scratch/tests`` as seen from inside the sandbox: line coverage of the module ``coverage_of``
     (else the coverage plugin off) and a JUnit report when asked."""
     inside = sandbox.workdir(scratch)
-    argv = [sys.executable, "-m", "pytest", "-q", "-c", f"{inside}/pytest.ini", "--rootdir", inside]
+    argv = [sys.executable, "-m", "pytest", "-q", "-c", f"{inside}/pytest.ini", "--rootdir", inside, *PLUGINS]
     if coverage_of:
-        argv += [f"--cov={coverage_of}", f"--cov-report=json:{inside}/{COVERAGE_REPORT}"]
+        argv += ["-p", "pytest_cov.plugin", f"--cov={coverage_of}", f"--cov-report=json:{inside}/{COVERAGE_REPORT}"]
     if junit:
         argv.append(f"--junitxml={inside}/{JUNIT_REPORT}")
-    if not coverage_of:
-        argv += ["-p", "no:cov"]
     return [*argv, *options, f"{inside}/{tests}"]
 
 

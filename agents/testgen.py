@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -224,8 +225,9 @@ class TestgenAgent:
         )
 
     async def _mutation_test(self, root: Path, inp: ExecuteTestsInput, report: TestReport) -> TestReport:
-        """Run the passing tests against a few mutants of the module, each in a fresh sandbox; the share they catch
-        is the score. A mutant is caught when pytest, watched by the worker itself, exits non-zero or times out.
+        """Run the passing tests against a few mutants of the module, each in a fresh sandbox (as many at once as
+        there are CPUs); the share they catch is the score. A mutant is caught when pytest, watched by the worker
+        itself, exits non-zero or times out.
 
         When mutants were asked for and none could be run, the report says so as a problem when the policy needs a
         score: a policy check whose input is missing fails.
@@ -238,21 +240,24 @@ class TestgenAgent:
                 return report.model_copy(update={"problems": [*report.problems, note]})
             return report
         limit = min(inp.timeout_seconds, max(MUTANT_MIN_SECONDS, 3 * report.duration_seconds))
-        surviving, killed = [], 0
-        for mutant in found:
-            with self.workspaces.scratch(inp.run_id) as scratch:
-                await asyncio.to_thread(self._prepare, root, scratch)
-                (scratch / "src" / f"{inp.module}.py").write_text(mutant.source)
-                result = await self.sandbox.run(
-                    self._pytest_argv(scratch, inp.module, coverage=False),
-                    workspace=scratch,
-                    timeout=limit,
-                    env=self._env(scratch),
-                )
-            if result.timed_out or result.returncode != 0:
-                killed += 1
-            else:
-                surviving.append(mutant.description)
+        slots = asyncio.Semaphore(max(1, os.cpu_count() or 1))
+
+        async def caught(source: str) -> bool:
+            async with slots:
+                with self.workspaces.scratch(inp.run_id) as scratch:
+                    await asyncio.to_thread(self._prepare, root, scratch)
+                    (scratch / "src" / f"{inp.module}.py").write_text(source)
+                    result = await self.sandbox.run(
+                        self._pytest_argv(scratch, inp.module, coverage=False),
+                        workspace=scratch,
+                        timeout=limit,
+                        env=self._env(scratch),
+                    )
+            return result.timed_out or result.returncode != 0
+
+        verdicts = await asyncio.gather(*(caught(mutant.source) for mutant in found))
+        killed = sum(verdicts)
+        surviving = [mutant.description for mutant, was_caught in zip(found, verdicts, strict=True) if not was_caught]
         return report.model_copy(
             update={
                 "mutants_total": len(found),

@@ -48,6 +48,7 @@ from temporalio import activity
 
 from agents.errors import TOOL_FAILURE, UNSAFE_ARTIFACT, failure
 from agents.models import CleanupResult, MonitoringInput, MonitoringSetup, RunRef
+from agents.processes import child_env
 from agents.workspace import run_dir_name
 
 MAX_SCRAPE_BYTES = 4 * 1024 * 1024
@@ -354,6 +355,7 @@ def check_rules(promtool: str, text: str) -> RuleCheck:
         try:
             done = subprocess.run(  # noqa: S603 - a fixed argv, no shell
                 [promtool, "check", "rules", str(path)],
+                env=child_env(),  # never the worker's secrets
                 capture_output=True,
                 text=True,
                 errors="replace",

@@ -2,11 +2,11 @@
 
 One module per concern adds its commands: ``pipeline`` (request, status, list, cancel), ``review``, ``bus`` (events,
 dead letters), ``stack`` (up, demo, bridge), ``evaluate`` (eval), ``bench`` and ``deployments`` (list, stop);
-``audit`` (verify), ``pending`` (reviews pending), ``codec`` (codec-server); ``entry`` turns every ending into an
-exit code.
+``bench_chaos`` (bench chaos), ``audit`` (verify), ``pending`` (reviews pending), ``codec`` (codec-server); ``entry``
+turns every ending into an exit code.
 """
 
-from quantum.cli import audit, bench, bus, codec, deployments, evaluate, pending, pipeline, review, stack
+from quantum.cli import audit, bench, bench_chaos, bus, codec, deployments, evaluate, pending, pipeline, review, stack
 from quantum.cli.apps import app
 from quantum.cli.entry import main
 
@@ -14,6 +14,7 @@ __all__ = [
     "app",
     "audit",
     "bench",
+    "bench_chaos",
     "bus",
     "codec",
     "deployments",

@@ -1,4 +1,5 @@
-"""A server process of the stack: found, started with a clean environment, tied to its owner, recorded, stopped."""
+"""A server process of the stack: found, started with a clean environment, tied to its owner, recorded, stopped
+(or killed, as a crash would)."""
 
 from __future__ import annotations
 
@@ -70,6 +71,8 @@ class ServerProcess:
         record_name: The name in the record (``temporal``, ``nats``).
         address: What it serves, for the record.
         ui_url: Its Web UI, for the record.
+        env: Variables to set on top of :func:`~agents.processes.child_env` (settings, never secrets).
+        cwd: Its working directory (default this process's).
     """
 
     def __init__(
@@ -82,6 +85,8 @@ class ServerProcess:
         record_name: str = "",
         address: str = "",
         ui_url: str | None = None,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.name = name
         self.argv = argv
@@ -90,6 +95,8 @@ class ServerProcess:
         self.record_name = record_name or name
         self.address = address
         self.ui_url = ui_url
+        self.env = dict(env) if env is not None else None
+        self.cwd = cwd
         self.proc: asyncio.subprocess.Process | None = None
         self.identity: ProcessIdentity | None = None
 
@@ -113,7 +120,8 @@ class ServerProcess:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
-                env=child_env(),
+                env=child_env(self.env),
+                cwd=self.cwd,
                 start_new_session=True,
                 preexec_fn=die_with_parent(PARENT_DEATH_SIGNAL),
             )
@@ -163,6 +171,22 @@ class ServerProcess:
                 self._signal(proc, signal.SIGKILL)
                 raise
             log.debug("%s (pid %d) stopped with %s", self.name, proc.pid, proc.returncode)
+        finally:
+            if self.record_file is not None:
+                remove_record(self.record_file, self.identity)
+
+    async def kill(self) -> None:
+        """SIGKILL to the process alone, as a crash ends it (its own children get their parent-death signal), then
+        reap it and remove its record. Safe to call when it has already exited."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        try:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGKILL)
+                await proc.wait()
+            log.debug("%s (pid %d) killed", self.name, proc.pid)
         finally:
             if self.record_file is not None:
                 remove_record(self.record_file, self.identity)

@@ -1,9 +1,11 @@
 """Chaos: processes killed with SIGKILL while work is in flight, and what the runs and the world look like after.
 
-- The worker, killed at random moments of real pipelines (code, tests in the sandbox, scan, a JetStream stream and
-  a directory, a deployed release, monitoring) and started again: every run ends succeeded, and no side effect is
-  applied twice: each outbound event once by its idempotency key, one stream per run, one release host per run.
-  The time from a worker's death to its activity running again is measured from the histories.
+- A worker of two, killed at random moments of real pipelines (code, tests in the sandbox, scan, a JetStream stream
+  and a directory, a deployed release, monitoring) and started again, by :func:`quantum.chaos.bench_chaos` (what
+  ``quantum bench chaos`` runs): every run ends succeeded or compensated, no side effect is applied twice or lost
+  (each outbound event once by its idempotency key, one release host per run, its stream, directory, release record
+  and monitoring files), no process is left behind, and the time from a worker's death to its activity's next
+  attempt on a live worker is measured.
 - The Temporal dev server, killed mid-run and started again on the same database: the runs resume and succeed.
 - nats-server, killed while events are published (file store, ``sync_interval: always``) by a client that retries
   until acknowledged, and started again: no acknowledged event is lost, none starts two runs; then one event
@@ -16,11 +18,8 @@ The figures are printed (``pytest -s``). ``QUANTUM_CHAOS_RUNS`` and ``QUANTUM_CH
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import random
 import signal
-import statistics
 import time
 from collections import Counter
 from pathlib import Path
@@ -28,17 +27,14 @@ from typing import Any
 
 import nats
 import pytest
-from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from agents.infra import stream_name
-from agents.workspace import run_dir_name
 from events.catalog import INBOUND, workflow_id
 from events.envelope import new_event
-from events.streams import EVENTS_STREAM, ensure_streams
+from events.streams import ensure_streams
+from quantum.chaos import ChaosConfig, bench_chaos
 from quantum.stack import TemporalDevServer
-from tests.cli.support import processes_mentioning
 from tests.conftest import free_port
 from tests.processes import NatsNode, Process, publish_until_acknowledged
 from workflows.models import PipelineResult
@@ -48,7 +44,6 @@ pytestmark = [pytest.mark.timeout(1500), pytest.mark.workflow]
 RUNS = int(os.environ.get("QUANTUM_CHAOS_RUNS", "4"))
 KILLS = int(os.environ.get("QUANTUM_CHAOS_KILLS", "3"))
 SEED = int(os.environ.get("QUANTUM_CHAOS_SEED", str(int(time.time()))))
-INFRA = [{"kind": "directory", "name": "assets"}, {"kind": "stream", "name": "audit"}]
 PROMPT = "an HTTP JSON service with a health endpoint"
 
 
@@ -78,104 +73,20 @@ async def ended(handles: list[WorkflowHandle[Any, Any]], timeout: float = 900) -
         await asyncio.sleep(1)
 
 
-async def restarts_after_kills(handle: WorkflowHandle[Any, Any], kills: list[float]) -> list[float]:
-    """For each activity attempt that started again after a kill: seconds from the last kill before it."""
-    delays = []
-    for event in (await handle.fetch_history()).events:
-        if event.event_type != EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
-            continue
-        if event.activity_task_started_event_attributes.attempt < 2:
-            continue
-        at = event.event_time.ToDatetime().timestamp()
-        before = [k for k in kills if k <= at]
-        if before:
-            delays.append(at - max(before))
-    return delays
-
-
-async def test_the_worker_killed_at_random_moments(
-    tmp_path: Path, client: Client, temporal_address: str, nats_url: str
-) -> None:
-    rng = random.Random(SEED)
-    env = base_env(tmp_path, temporal_address, nats_url)
-    worker = process("worker", "worker", env, tmp_path)
-    worker.start()
-    await asyncio.to_thread(worker.wait_serving)
-    handles = [
-        await client.start_workflow(
-            "DevSecOpsPipelineWorkflow",
-            {"project": f"chaos{n}", "prompt": PROMPT, "requested_by": "alice", "infrastructure": INFRA},
-            id=f"pipeline-chaos-{tmp_path.name}-{n}",
-            task_queue=env["QUANTUM_TASK_QUEUE"],
-            result_type=PipelineResult,
-        )
-        for n in range(RUNS)
-    ]
-    kills: list[float] = []
-    try:
-        for _ in range(KILLS):
-            await asyncio.sleep(rng.uniform(2, 10))
-            worker.kill()
-            kills.append(time.time())
-            worker.start()
-            await asyncio.to_thread(worker.wait_serving)
-        statuses = await ended(handles)
-        views = {h.id: await h.query("status") for h in handles}
-        side_effects = await count_side_effects(handles, nats_url, env)
-    finally:
-        worker.stop()
-    succeeded = [i for i, s in statuses.items() if s == WorkflowExecutionStatus.COMPLETED]
-    compensated = [
-        i
-        for i, s in statuses.items()
-        if s == WorkflowExecutionStatus.FAILED and all(c["outcome"] == "completed" for c in views[i]["compensations"])
-    ]
-    delays = [d for h in handles for d in await restarts_after_kills(h, kills)]
-    print(
-        f"\nchaos (seed {SEED}): {RUNS} runs, {len(kills)} kills of the worker: {len(succeeded)} succeeded, "
-        f"{len(compensated)} compensated; duplicates {side_effects['duplicates']}; "
-        f"death to retry elsewhere: {describe(delays)}"
-    )
-    assert len(succeeded) + len(compensated) == RUNS, {i: (s, views[i]["error"]) for i, s in statuses.items()}
-    assert side_effects["duplicates"] == 0, side_effects
-
-
-def describe(delays: list[float]) -> str:
-    if not delays:
-        return "no activity was running at a kill"
-    return f"median {statistics.median(delays):.1f} s, max {max(delays):.1f} s over {len(delays)} retried attempts"
-
-
-async def count_side_effects(
-    handles: list[WorkflowHandle[Any, Any]], nats_url: str, env: dict[str, str]
-) -> dict[str, Any]:
-    """Outbound events by idempotency key, streams per run, release hosts per run: each must be one."""
-    nc = await nats.connect(nats_url)
-    js = nc.jetstream()
-    try:
-        info = await js.stream_info(EVENTS_STREAM)
-        ids: Counter[str] = Counter()
-        for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            try:
-                msg = await js.get_msg(EVENTS_STREAM, seq)
-            except Exception:  # a gap (a message dropped by retention): nothing to count
-                continue
-            event = json.loads(msg.data or b"{}")
-            if any(str(event.get("data", {}).get("pipeline_id", "")) == h.id for h in handles):
-                ids[str(event["id"])] += 1
-        streams = {info.config.name for info in await js.streams_info()}
-    finally:
-        await nc.close()
-    duplicates = sum(n - 1 for n in ids.values() if n > 1)
-    per_run_streams = {
-        h.id: sum(1 for s in streams if s == stream_name(f"chaos{n}", "audit")) for n, h in enumerate(handles)
-    }
-    releases = {
-        h.id: len([line for line in processes_mentioning(run_dir_name(h.id)) if "agents.release_server" in line])
-        for h in handles
-    }
-    duplicates += sum(n - 1 for n in per_run_streams.values() if n > 1) + sum(n - 1 for n in releases.values() if n > 1)
-    return {"events": sum(ids.values()), "duplicates": duplicates, "streams": per_run_streams, "releases": releases}
+async def test_a_worker_killed_at_random_moments_duplicates_nothing_and_loses_nothing() -> None:
+    report = await bench_chaos(ChaosConfig(runs=RUNS, kills=KILLS, seed=SEED))
+    print("\nchaos: " + "; ".join(f"{figure} {value}" for figure, value in report.rows()))
+    effects = report.effects
+    assert report.kills, report.config  # a kill happened while runs were in flight
+    assert report.endings["succeeded"] + report.endings["compensated"] == RUNS, report.outcomes
+    assert effects.duplicates.total() == 0, effects.details
+    assert effects.losses.total() == 0, effects.details
+    assert effects.leftovers.total() == 0, effects.details
+    assert effects.events >= RUNS * 3  # at least started, one stage, and how it ended: the counting saw the bus
+    assert report.orphans == []
+    assert report.failover_seconds, report.failovers  # a kill hit a running activity and its next attempt was seen
+    assert all(seconds > 0 for seconds in report.failover_seconds), report.failovers
+    assert report.ok
 
 
 async def test_the_temporal_server_killed_mid_run_resumes_from_its_database(tmp_path: Path, nats_url: str) -> None:

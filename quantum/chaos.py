@@ -21,10 +21,10 @@ waits for every run to end, then counts side effects by their idempotency key:
 Failover: for each activity running on a killed worker, the seconds from the SIGKILL to the start of its next
 attempt on a live worker, as Temporal records it: the pending activity's ``last_started_time`` (polled with
 DescribeWorkflowExecution), or the history's ActivityTaskStarted event when that attempt ended between two polls.
-Temporal notices a dead worker only when its activity misses the heartbeat timeout (30 s after the last heartbeat
-the server recorded; the SDK sends one at most every 24 s), then retries it after 1 s: so the figure is a little
-over 30 s at most, less when the last heartbeat was recorded well before the kill, and says how long a run stalls
-when its worker dies, not how fast a death is detected.
+Temporal notices a dead worker only when its activity misses the heartbeat timeout (``workflows.presets.HEARTBEAT``
+after the last heartbeat the server recorded; the SDK sends one at most every 80 % of it), then retries it after 1 s:
+so the figure is a little over the timeout at most, less when the last heartbeat was recorded well before the kill,
+and says how long a run stalls when its worker dies, not how fast a death is detected.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ from quantum.stack import EmbeddedStack, free_port, port_in_use
 from quantum.stack.process import ServerProcess
 from quantum.stack.proctable import ProcessEntry, processes
 from workflows.models import RunStatusView
+from workflows.presets import HEARTBEAT
 
 PROMPT = "an HTTP JSON service with a health endpoint"
 INFRA = [{"kind": "directory", "name": "assets"}, {"kind": "stream", "name": "audit"}]
@@ -753,7 +754,8 @@ async def bench_chaos(
         notes=[
             "failover: from the SIGKILL to the next attempt's start as Temporal records it (the pending activity's "
             "last_started_time, or the history's ActivityTaskStarted); Temporal notices a dead worker when its "
-            "activity misses the 30 s heartbeat timeout, counted from the last heartbeat it recorded",
+            f"activity misses the {HEARTBEAT.total_seconds():g} s heartbeat timeout, counted from the last heartbeat "
+            "it recorded",
             "side effects: outbound events by event id on QUANTUM_EVENTS; release host processes, the run's stream, "
             "directory, release record and monitoring files by run; processes left in the data directory",
         ],

@@ -14,7 +14,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import FailureError, is_cancelled_exception
 
-from workflows.patches import AUDIT_STREAM_PATCH
+from workflows.patches import AUDIT_STREAM_PATCH, taken
 
 with workflow.unsafe.imports_passed_through():
     from events.audit import AppendedRecord, AuditChain, AuditRecorder, ReviewFields
@@ -61,7 +61,7 @@ class AuditLog:
         ``authenticated``: whether the reviewer's identity was verified (default: the entry's ``identity`` names a
         key, ``ed25519:...``). The record's time is now, in workflow time.
         """
-        if not workflow.patched(AUDIT_STREAM_PATCH):
+        if not taken(AUDIT_STREAM_PATCH):
             return None
         identity = str(getattr(entry, "identity", "") or "")
         if authenticated is None:

@@ -15,7 +15,7 @@ from functools import partial
 from temporalio import workflow
 from temporalio.exceptions import FailureError, is_cancelled_exception
 
-from workflows.patches import REMEMBER_PATCH, REPAIR_PATCH
+from workflows.patches import REMEMBER_PATCH, REPAIR_PATCH, taken
 
 with workflow.unsafe.imports_passed_through():
     from agents.codegen import MODEL_PROVIDER, OFFLINE_PROVIDER, CodegenAgent
@@ -201,7 +201,7 @@ class Build:
         budget = self.request.max_tokens
         if budget is not None and self.tokens >= budget:
             return False
-        return workflow.patched(REPAIR_PATCH)
+        return taken(REPAIR_PATCH)
 
     def _final(self, stopped: RunStopped, code: GeneratedCode, attempt: int) -> RunStopped:
         """The failure that ends the build, saying why no further attempt was made."""
@@ -277,7 +277,7 @@ class Build:
 
 async def remember(run: Run, code: GeneratedCode, request: PipelineRequest) -> None:
     """Keep a model's generation in the pattern store once the whole run succeeded; a failure is a warning."""
-    if code.provider != MODEL_PROVIDER or not workflow.patched(REMEMBER_PATCH):
+    if code.provider != MODEL_PROVIDER or not taken(REMEMBER_PATCH):
         return
     inp = RememberInput(run_id=code.run_id, project=request.project, prompt=request.prompt, module=code.module)
     try:

@@ -11,7 +11,7 @@ import pydantic
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
-from workflows.patches import PROJECT_CHAIN_PATCH
+from workflows.patches import PROJECT_CHAIN_PATCH, taken
 
 with workflow.unsafe.imports_passed_through():
     from agents.errors import INVALID_REQUEST
@@ -44,7 +44,7 @@ async def provision_dependencies(run: Run, inp: PlanInfraInput) -> None:
     comes back to a project already in it (a cycle) or grows longer than ``MAX_CHAIN`` is refused, naming it.
     """
     projects = list(dict.fromkeys(r.from_project for r in inp.resources if r.from_project is not None))
-    if not projects or not workflow.patched(PROJECT_CHAIN_PATCH):
+    if not projects or not taken(PROJECT_CHAIN_PATCH):
         return
     own_id = workflow.info().workflow_id
     _, marked, tail = own_id.partition(CHAIN_MARK)

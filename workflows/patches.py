@@ -1,11 +1,16 @@
-"""Every patch of the workflows' code (``workflow.patched``), each with the runs it keeps replaying.
+"""Every patch of the workflows' code, each with the runs it keeps replaying, and :func:`taken`, which the
+workflows ask instead of ``workflow.patched``.
 
-A run started on today's code asks for every patch in :data:`PATCHES` at its start, before its first local activity:
-a patch first asked for just after a local activity's result could, on replay, be asked in an earlier workflow task
-than the one that recorded it, and be refused. A new patch is added at the end of :data:`PATCHES`; none is removed.
+Each patch a run asks for records a marker and a search attribute update in its history, which the server writes.
+A run that took :data:`LOCAL_EVENTS_PATCH` was started by code that has every patch before it, so it follows them
+all without asking for each. A patch added after it goes in :data:`LATER` and is asked for at the start of a run,
+before its first local activity: a patch first asked for just after a local activity's result could, on replay, be
+asked in an earlier workflow task than the one that recorded it, and be refused. No patch is ever removed.
 """
 
 from __future__ import annotations
+
+from temporalio import workflow
 
 OUTBOUND_EVENTS_PATCH = "outbound-events"
 """Runs recorded before outbound events existed replay without them."""
@@ -44,16 +49,36 @@ PROJECT_CHAIN_PATCH = "infra-project-chain"
 RECORD_RELEASE_PATCH = "security-record-release"
 """Runs recorded before it kept no release's findings for the next run to be compared with."""
 
-PATCHES: tuple[str, ...] = (
-    OUTBOUND_EVENTS_PATCH,
-    LOCAL_EVENTS_PATCH,
-    WAIT_FOR_CANCELLATION_PATCH,
-    REVIEW_RULES_PATCH,
-    REMINDERS_PATCH,
-    BOUND_REVIEWS_PATCH,
-    AUDIT_STREAM_PATCH,
-    REPAIR_PATCH,
-    REMEMBER_PATCH,
-    PROJECT_CHAIN_PATCH,
-    RECORD_RELEASE_PATCH,
+IMPLIED: frozenset[str] = frozenset(
+    (
+        OUTBOUND_EVENTS_PATCH,
+        WAIT_FOR_CANCELLATION_PATCH,
+        REVIEW_RULES_PATCH,
+        REMINDERS_PATCH,
+        BOUND_REVIEWS_PATCH,
+        AUDIT_STREAM_PATCH,
+        REPAIR_PATCH,
+        REMEMBER_PATCH,
+        PROJECT_CHAIN_PATCH,
+        RECORD_RELEASE_PATCH,
+    )
 )
+"""The patches every run that took :data:`LOCAL_EVENTS_PATCH` follows."""
+
+LATER: tuple[str, ...] = ()
+"""Patches added after :data:`LOCAL_EVENTS_PATCH`: asked for at the start of every run (:func:`ask_later_patches`)."""
+
+
+def taken(patch: str) -> bool:
+    """Whether this run follows ``patch`` (``workflow.patched``, without asking for the patches a run that took
+    :data:`LOCAL_EVENTS_PATCH` follows anyway)."""
+    if patch in IMPLIED and workflow.patched(LOCAL_EVENTS_PATCH):
+        return True
+    return workflow.patched(patch)
+
+
+def ask_later_patches() -> None:
+    """Ask for :data:`LOCAL_EVENTS_PATCH` and every patch in :data:`LATER`, before the run's first local activity."""
+    if workflow.patched(LOCAL_EVENTS_PATCH):
+        for patch in LATER:
+            workflow.patched(patch)

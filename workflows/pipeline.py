@@ -8,7 +8,7 @@ import pydantic
 from temporalio import workflow
 from temporalio.exceptions import FailureError, is_cancelled_exception
 
-from workflows.patches import RECORD_RELEASE_PATCH
+from workflows.patches import RECORD_RELEASE_PATCH, taken
 
 with workflow.unsafe.imports_passed_through():
     from agents.deploy import DeployAgent
@@ -130,7 +130,7 @@ class DevSecOpsPipelineWorkflow:
         release = str(run.view.outputs["release"])
         deployment = await run.stage("deploy_application", lambda: self._deploy(ref, request, release, code.module))
         await run.stage("verify_deployment", lambda: self._verify(deployment, request))
-        if workflow.patched(RECORD_RELEASE_PATCH):
+        if taken(RECORD_RELEASE_PATCH):
             await self._record_release(ref, request, release)
         await self._setup_monitoring(ref, request, deployment)
         await remember(run, code, request)

@@ -27,7 +27,7 @@ from typing import Any
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError, FailureError
 
-from workflows.patches import BOUND_REVIEWS_PATCH, REMINDERS_PATCH, REVIEW_RULES_PATCH
+from workflows.patches import BOUND_REVIEWS_PATCH, REMINDERS_PATCH, REVIEW_RULES_PATCH, taken
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
@@ -349,7 +349,7 @@ class Gates:
 
     def begin(self) -> None:
         """Take the patch once, in the run's main coroutine (handlers and validators read it from here)."""
-        self.bound = workflow.patched(BOUND_REVIEWS_PATCH)
+        self.bound = taken(BOUND_REVIEWS_PATCH)
 
     # --- judging -----------------------------------------------------------------------------------------------
 
@@ -381,7 +381,7 @@ class Gates:
         if self.bound:
             ctx = self.context(decision.gate, normalised=True)
         else:  # exactly as recorded before: the patch asked at each review
-            ctx = self.context(decision.gate, normalised=workflow.patched(REVIEW_RULES_PATCH))
+            ctx = self.context(decision.gate, normalised=taken(REVIEW_RULES_PATCH))
         return refusal(decision, ctx), ctx
 
     def review(self, decision: ReviewDecision) -> str | None:
@@ -571,7 +571,7 @@ class Gates:
             ),
         )
         try:
-            if workflow.patched(REMINDERS_PATCH):
+            if taken(REMINDERS_PATCH):
                 await self._wait_with_reminders(gate, timeout)
             else:
                 await workflow.wait_condition(lambda: view.gates[gate] != "pending", timeout=timedelta(seconds=timeout))

@@ -19,7 +19,7 @@ from temporalio.exceptions import (
     is_cancelled_exception,
 )
 
-from workflows.patches import LOCAL_EVENTS_PATCH, OUTBOUND_EVENTS_PATCH
+from workflows.patches import LOCAL_EVENTS_PATCH, OUTBOUND_EVENTS_PATCH, taken
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel
@@ -86,13 +86,13 @@ class RunView:
         retried attempt, or a local activity run again after its worker died before the marker was recorded) is
         dropped by JetStream as a duplicate.
         """
-        if not workflow.patched(OUTBOUND_EVENTS_PATCH):
+        if not taken(OUTBOUND_EVENTS_PATCH):
             return
         inp = PublishEventInput(
             type=event_type, data=data.model_dump(mode="json"), workflow_id=self.view.pipeline_id, step=step
         )
         try:
-            if workflow.patched(LOCAL_EVENTS_PATCH):
+            if taken(LOCAL_EVENTS_PATCH):
                 await workflow.execute_local_activity_method(EventPublisher.publish, inp, **presets.PUBLISH_LOCAL)
             else:
                 await workflow.execute_activity_method(EventPublisher.publish, inp, **presets.PUBLISH)

@@ -21,13 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows import metrics
     from workflows.compensations import Compensations
     from workflows.models import MAX_ERROR_CHARS, ReviewVerdict, RunStatus, RunStatusView, clip
-    from workflows.patches import (
-        BOUND_REVIEWS_PATCH,
-        LOCAL_EVENTS_PATCH,
-        OUTBOUND_EVENTS_PATCH,
-        PATCHES,
-        REVIEW_RULES_PATCH,
-    )
+    from workflows.patches import BOUND_REVIEWS_PATCH, OUTBOUND_EVENTS_PATCH, REVIEW_RULES_PATCH, ask_later_patches
     from workflows.reviews import Gates
     from workflows.runview import RunStopped, RunView, failure_message
 
@@ -101,7 +95,7 @@ class Run(RunView):
         """Run the workflow body; on a stop or a cancellation compensate, then close with the right status."""
         view = self.view
         self.gates.begin()
-        ask_every_patch()
+        ask_later_patches()
         metrics.run_started()
         try:
             await self.announce(
@@ -159,18 +153,6 @@ class Run(RunView):
                 compensations=[c.model_dump() for c in self.view.compensations],
             ),
         )
-
-
-def ask_every_patch() -> None:
-    """In a run that publishes through local activities, ask for every patch now, before its first local activity.
-
-    On replay, a local activity's result can reach the workflow in an earlier workflow task than the one whose
-    completion recorded what came next; a patch first asked for there would be refused as not yet recorded. Runs from
-    before (no :data:`LOCAL_EVENTS_PATCH` marker) ask for their patches where they always did.
-    """
-    if workflow.patched(LOCAL_EVENTS_PATCH):
-        for patch in PATCHES:
-            workflow.patched(patch)
 
 
 _FAILURE_TYPES: dict[str, str] = {

@@ -73,11 +73,16 @@ def nats_server(store: Path) -> Iterator[str]:
         asyncio.run(_ensure_streams(url))
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        terminate(proc)
+
+
+def terminate(proc: subprocess.Popen[bytes], grace: float = 10) -> None:
+    """SIGTERM to a child process, then SIGKILL after ``grace`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 @pytest.fixture(scope="session")

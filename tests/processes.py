@@ -17,7 +17,7 @@ from nats.aio.client import Client as NATS
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.cli.support import QUANTUM, answers
-from tests.conftest import BIN, free_port
+from tests.conftest import BIN, free_port, terminate
 
 
 class _Killable:
@@ -33,11 +33,7 @@ class _Killable:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=self.grace)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+            terminate(self.proc, self.grace)
 
 
 @dataclass

@@ -1,17 +1,101 @@
-"""``quantum bench events`` runs end to end on a stack of its own; timings are reported, never asserted."""
+"""``quantum bench`` suites run end to end on stacks of their own; timings are reported, never asserted.
+
+What is asserted is what each suite must get right whatever the machine: every event became one run, the product
+and its baseline ran the same agent activities, each figure was measured in every repetition, every process was
+measured.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
+from typer.testing import CliRunner
 
-from quantum.bench import bench_events
+from quantum.bench.events import bench_events
+from quantum.bench.footprint import bench_footprint
+from quantum.bench.pipeline import bench_pipeline
+from quantum.bench.report import Report
+from quantum.bench.saga import bench_saga
+from quantum.cli import app
+from quantum.cli.bench import report_table
 
 
-@pytest.mark.timeout(240)
-async def test_bench_events_measures_both_paths_and_starts_every_event() -> None:
-    report = await bench_events(events=40, rate=20, seconds=1.0, batch=16)
-    assert report.started == 40 + 20  # the backlog, then the steady stream: every event became a run
-    assert report.latency_samples == 20
-    assert report.raw_starts_per_second > 0 and report.bridge_starts_per_second > 0
-    assert 0 < report.latency_p50_ms <= report.latency_p99_ms
-    assert [row[0] for row in report.rows()][:2] == ["raw start_workflow (baseline)", "through the bridge"]
+@pytest.mark.timeout(300)
+async def test_bench_events_measures_both_paths_and_starts_every_event_once() -> None:
+    report = await bench_events(events=30, rate=20, seconds=1.0, batch=8, duplicates=0.5, repetitions=2)
+    assert all(len(series.values) == 2 for series in report.series.values())
+    assert report.series["raw start_workflow"].low > 0 and report.series["through the bridge"].low > 0
+    assert 0 < report.series["raw start call p50 at 20/s"].median <= report.series["raw start call p99 at 20/s"].median
+    assert report.series["runs started twice"].values == [0, 0]
+    copies = report.series["duplicates published"].values
+    assert sum(copies) > 0  # half the events got a copy: the bridge saw duplicates
+    assert report.series["duplicates recognised by the bridge"].values == copies
+    assert {r.name: r.target for r in report.ratios.values()} == {
+        "bridge / raw starts/s": 0.9,
+        "publish-to-start p99 / raw call p99": 2.0,
+    }
+
+
+@pytest.mark.timeout(600)
+async def test_bench_saga_runs_the_same_agent_activities_on_both_sides() -> None:
+    ticks: list[tuple[str, int, int]] = []
+    report = await bench_saga(runs=4, repetitions=2, progress=lambda *tick: ticks.append(tick))
+    ratio = report.ratios["product / baseline runs/s"]
+    assert len(ratio.values) == 2 and all(v > 0 for v in ratio.values) and ratio.target == 0.8
+    assert report.series["product p50"].median <= report.series["product p99"].median
+    recorded, shape = report.notes
+    assert "scheduled 10 agent activities" in recorded
+    # the product schedules the agents' activities and nothing else on the server: its events are local activities
+    assert "the baseline schedules 10 activities" in shape and "the product schedules 10 in" in shape
+    assert "publishes its 9 events through local activities" in shape
+    assert report.series["product worker peak resident"].median > report.series["baseline worker peak resident"].median
+    assert ("2: product", 4, 4) in ticks and ("2: baseline", 4, 4) in ticks
+
+
+@pytest.mark.timeout(600)
+async def test_bench_footprint_measures_every_process_idle_and_loaded() -> None:
+    report = await bench_footprint(runs=4)
+    processes = ("worker", "bridge", "temporal dev server", "nats-server", "baseline worker (SDK only)")
+    for name in processes:
+        idle, peak = report.series[f"{name}, idle"].median, report.series[f"{name}, peak under load"].median
+        assert 0 < idle <= peak, name
+    assert report.ratios["worker peak"].target == 250.0
+
+
+@pytest.mark.timeout(900)
+async def test_bench_pipeline_times_real_runs_and_their_stages() -> None:
+    report = await bench_pipeline(runs=1, concurrency=[1])
+    stages = {name.strip() for name in report.series if name.startswith("  ")}
+    assert {"testgen.execute_tests", "security.scan", "infra.provision", "deploy.deploy"} <= stages
+    assert report.series["run, one at a time"].median > report.series["  testgen.execute_tests"].median > 0
+    assert report.series["concurrent runs before the time per run doubles"].values == [1]
+    assert report.ratios["single run median"].target == 10.0
+
+
+def test_the_table_shows_each_figure_its_range_and_whether_its_target_is_met(tmp_path: Path) -> None:
+    report = Report("demo", {"runs": 2})
+    report.measure("[bold]raw[/bold] runs/s", "runs/s").values.extend([10.0, 12.0])
+    report.ratio("product / raw", target=0.8).values.extend([0.5, 0.7])
+    report.ratio("p99 / raw p99", target=2.0, direction="at most").values.append(1.5)
+    table = report_table(report)
+    cells = [[str(cell) for cell in column._cells] for column in table.columns]
+    assert cells[0] == ["[bold]raw[/bold] runs/s", "product / raw", "p99 / raw p99"]  # names printed as text
+    assert cells[1] == ["11.0", "0.60", "1.50"] and cells[2] == ["10.0 – 12.0", "0.50 – 0.70", ""]
+    assert cells[4][1].endswith("missed") and cells[4][2].endswith("met")
+    assert report.targets_met is False
+    report.write_json(tmp_path / "out.json")
+    written = json.loads((tmp_path / "out.json").read_text())
+    assert written["ratios"][0] == {**written["ratios"][0], "median": 0.6, "met": False}
+    assert written["machine"]["cpus"] >= 1 and written["targets_met"] is False
+
+
+@pytest.mark.timeout(300)
+def test_the_command_prints_the_table_and_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "events.json"
+    args = ["bench", "events", "--events", "10", "--rate", "10", "--seconds", "0.5", "--repetitions", "1"]
+    result = CliRunner().invoke(app, [*args, "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "quantum bench events" in result.output and "bridge / raw starts/s" in result.output
+    assert json.loads(out.read_text())["suite"] == "events"

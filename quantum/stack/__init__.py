@@ -19,7 +19,7 @@ server process), :mod:`~quantum.stack.records` (run records, adoption), :mod:`~q
 servers), :mod:`~quantum.stack.embedded` (the stack).
 """
 
-from quantum.stack.embedded import EmbeddedStack
+from quantum.stack.embedded import EmbeddedStack, loopback_settings
 from quantum.stack.errors import StackError
 from quantum.stack.probes import free_port, nats_answers, port_in_use, temporal_answers
 from quantum.stack.process import PYPI_PACKAGES, find_binary
@@ -27,6 +27,7 @@ from quantum.stack.records import RunRecord
 from quantum.stack.servers import NatsServer, TemporalDevServer
 
 __all__ = [
+    "loopback_settings",
     "PYPI_PACKAGES",
     "EmbeddedStack",
     "NatsServer",

@@ -7,14 +7,16 @@ import logging
 import os
 import shutil
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 from agents.processes import ProcessIdentity
 from quantum.settings import Settings, is_local_host
 from quantum.stack.errors import StackError
 from quantum.stack.probes import (
     bind_ip,
+    free_port,
     join_host_port,
     nats_answers,
     nats_host_port,
@@ -80,6 +82,8 @@ class EmbeddedStack:
         """What the stack chose not to start, and why (Prometheus not installed...)."""
         self.started: list[str] = []
         self.adopted: list[str] = []
+        self.pids: dict[str, int] = {}
+        """The process of each server this stack started (``temporal``, ``nats``)."""
         self._servers: list[_Owned] = []
 
     async def __aenter__(self) -> EmbeddedStack:
@@ -148,6 +152,8 @@ class EmbeddedStack:
         )
         self._servers.append(server)
         await server.start()
+        if server.pid is not None:
+            self.pids["temporal"] = server.pid
         self.temporal_address = server.address
         self.temporal_ui_url = server.ui_url
         self.temporal_metrics = server.metrics_address
@@ -181,6 +187,8 @@ class EmbeddedStack:
         )
         self._servers.append(server)
         await server.start()
+        if server.pid is not None:
+            self.pids["nats"] = server.pid
         self.nats_url = server.url
         self.started.append("nats")
         self._say(f"started nats-server with JetStream on {server.url} (store {data / 'nats'})")
@@ -298,3 +306,19 @@ class EmbeddedStack:
         ip = bind_ip(host)
         if port_in_use(ip, port) or not port_bindable(ip, port):
             raise StackError(f"{address} is in use by something that is not {what}; stop it or set {variable}")
+
+
+def loopback_settings(
+    data_dir: Path, *, temporal_port: int | None = None, nats_port: int | None = None, **overrides: Any
+) -> Settings:
+    """Settings for a stack of one's own on loopback: ``data_dir``, free ports (unless given), no Prometheus, no
+    ``.env`` file: what benchmarks and tests start their embedded stacks with."""
+    return Settings(
+        data_dir=data_dir,
+        temporal_address=f"127.0.0.1:{temporal_port or free_port()}",
+        temporal_ui_port=free_port(),
+        nats_url=f"nats://127.0.0.1:{nats_port or free_port()}",
+        prometheus=False,
+        _env_file=None,
+        **overrides,
+    )

@@ -67,7 +67,7 @@ from events.streams import DLQ_STREAM, ensure_streams
 from quantum.cli.review import signed
 from quantum.stack import TemporalDevServer
 from tests.agents.openai_server import OpenAIServer
-from tests.conftest import BIN, free_port
+from tests.conftest import BIN, free_port, terminate
 from tests.workflows.conftest import files, wait_for
 from workflows.models import RunStatusView
 
@@ -247,11 +247,7 @@ def secured_nats(directory: Path) -> Iterator[SecuredNats]:
             log=log,
         )
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        terminate(proc)
 
 
 def _answers(port: int) -> bool:

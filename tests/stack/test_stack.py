@@ -15,20 +15,21 @@ from temporalio.client import Client, WorkflowExecutionStatus
 
 from quantum.metrics import serve_metrics
 from quantum.settings import Settings
-from quantum.stack import EmbeddedStack, StackError, find_binary, nats_answers, port_in_use, temporal_answers
+from quantum.stack import (
+    EmbeddedStack,
+    StackError,
+    find_binary,
+    loopback_settings,
+    nats_answers,
+    port_in_use,
+    temporal_answers,
+)
 from quantum.stack.prometheus import ProcessTarget, prometheus_dir, reload_when_rules_change
 from tests.conftest import free_port
 
 
 def settings_for(data_dir: Path, temporal_port: int | None = None, nats_port: int | None = None) -> Settings:
-    return Settings(
-        data_dir=data_dir,
-        temporal_address=f"127.0.0.1:{temporal_port or free_port()}",
-        temporal_ui_port=free_port(),
-        nats_url=f"nats://127.0.0.1:{nats_port or free_port()}",
-        prometheus=False,
-        _env_file=None,
-    )
+    return loopback_settings(data_dir, temporal_port=temporal_port, nats_port=nats_port)
 
 
 def pid_gone(pid: int) -> bool:

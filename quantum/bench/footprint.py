@@ -1,0 +1,104 @@
+"""``quantum bench footprint``: resident memory of each process, idle and under the saga suite's load.
+
+The processes: the product's worker (the real workflows and worker assembly over no-op agents, as in the saga
+suite), ``quantum bridge`` (its own process, starting the runs from events), the Temporal dev server and
+nats-server; and, as the baseline, a worker of the SDK alone serving the raw workflow. Idle is each one's resident
+memory once all are up and settled; under load is its peak (``VmHWM``) after N concurrent runs started through
+the bridge (and N raw runs for the baseline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import AsyncExitStack
+
+from events.envelope import new_event
+from quantum.bench.raw import RAW_WORKFLOW
+from quantum.bench.report import Progress, Report, quiet
+from quantum.bench.saga import REQUEST, BenchError, concurrent_runs, record_real_run, saga_workers
+from quantum.bench.stack import BenchStack, bench_process, bench_stack, memory_mb, python_module
+from quantum.stack import free_port
+
+WORKER_TARGET_MB = 250.0
+SETTLE_SECONDS = 3.0
+
+
+async def _runs_completed(bench: BenchStack, task_queue: str) -> int:
+    query = f'WorkflowType="DevSecOpsPipelineWorkflow" AND TaskQueue="{task_queue}" AND ExecutionStatus="Completed"'
+    return (await bench.client.count_workflows(query)).count
+
+
+async def _through_the_bridge(bench: BenchStack, task_queue: str, runs: int, progress: Progress) -> None:
+    """Publish ``runs`` pipeline requests and wait until that many runs have completed."""
+    js = bench.nc.jetstream()
+    for n in range(runs):
+        event = new_event("quantum.pipeline.requested", {**REQUEST, "project": f"bench-{n}"}, source="quantum-bench")
+        await js.publish(event.nats_subject, event.to_bytes(), headers={"Nats-Msg-Id": event.id})
+    deadline = time.monotonic() + 600
+    while (done := await _runs_completed(bench, task_queue)) < runs:
+        progress("runs through the bridge", done, runs)
+        if time.monotonic() > deadline:
+            raise BenchError(f"{done} of {runs} runs started through the bridge completed within 600 s")
+        await asyncio.sleep(0.5)
+    progress("runs through the bridge", runs, runs)
+
+
+async def bench_footprint(*, runs: int = 100, progress: Progress = quiet) -> Report:
+    """The footprint benchmark on a fresh embedded stack of its own."""
+    report = Report("footprint", {"runs": runs})
+    async with bench_stack() as bench, AsyncExitStack() as exits:
+        progress("recording one real run", 0, 1)
+        recorded = await record_real_run(bench)
+        progress("recording one real run", 1, 1)
+        workers = await exits.enter_async_context(saga_workers(bench, recorded))
+        bridge_env = {
+            "QUANTUM_TEMPORAL_ADDRESS": bench.temporal_address,
+            "QUANTUM_TEMPORAL_NAMESPACE": bench.settings.temporal_namespace,
+            "QUANTUM_NATS_URL": bench.nats_url,
+            "QUANTUM_TASK_QUEUE": workers.product_queue,
+            "QUANTUM_DATA_DIR": str(bench.data / "bridge"),
+            "QUANTUM_METRICS_PORT": str(free_port()),
+            "QUANTUM_PROMETHEUS": "false",
+        }
+        bridge = await exits.enter_async_context(
+            bench_process(
+                "quantum bridge",
+                python_module("quantum", "bridge"),
+                bench.data / "bench-logs",
+                ready_line="bridge consuming",
+                env=bridge_env,
+            )
+        )
+        if bridge.pid is None:
+            raise BenchError("quantum bridge exited as it started")
+        processes = {
+            "worker": workers.product_pid,
+            "bridge": bridge.pid,
+            **bench.pids,
+            "baseline worker (SDK only)": workers.raw_pid,
+        }
+        await asyncio.sleep(SETTLE_SECONDS)
+        for name, pid in processes.items():
+            report.measure(f"{name}, idle", "MB").values.append(memory_mb(pid)[0])
+        await _through_the_bridge(bench, workers.product_queue, runs, progress)
+        await concurrent_runs(
+            bench.client,
+            RAW_WORKFLOW,
+            recorded.scheduled,
+            runs=runs,
+            task_queue=workers.raw_queue,
+            tick=progress,
+            what="baseline runs",
+        )
+        for name, pid in processes.items():
+            report.measure(f"{name}, peak under load", "MB").values.append(memory_mb(pid)[1])
+        worker_peak = memory_mb(workers.product_pid)[1]
+        report.ratio("worker peak", target=WORKER_TARGET_MB, direction="at most", unit="MB").values.append(worker_peak)
+        baseline_peak = memory_mb(workers.raw_pid)[1]
+        report.ratio("worker peak / baseline worker peak").values.append(worker_peak / max(baseline_peak, 1e-9))
+    report.notes.append(
+        f"load: {runs} concurrent DevSecOpsPipelineWorkflow runs started by events through the bridge, over no-op "
+        "agents; the baseline worker ran as many raw runs"
+    )
+    return report

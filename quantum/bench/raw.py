@@ -1,0 +1,81 @@
+"""The saga benchmark's baseline: a workflow that runs the agents' activities one after another, with no saga logic
+and no events, and the worker process that serves it with no-op activities.
+
+It imports nothing of the product, only the SDK and the standard library, so that the baseline is Temporal's own
+cost, and its worker's footprint is the SDK's own.
+
+    python -m quantum.bench.raw --temporal HOST:PORT --task-queue QUEUE --activities a,b,c
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any
+
+from temporalio import activity, workflow
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+RAW_WORKFLOW = "BenchAgentsWorkflow"
+READY = "bench worker ready"
+"""The line a bench worker prints once it polls its task queue."""
+
+
+@workflow.defn(name=RAW_WORKFLOW)
+class AgentsOnly:
+    """Runs each named activity in turn, as the saga would, and nothing else."""
+
+    @workflow.run
+    async def run(self, activities: list[str]) -> int:
+        for name in activities:
+            await workflow.execute_activity(name, start_to_close_timeout=timedelta(seconds=60))
+        return len(activities)
+
+
+def noop(name: str, result: Any = None) -> Callable[..., Any]:
+    """An activity named ``name`` that does nothing and returns ``result``."""
+
+    async def run(_arg: Any = None) -> Any:
+        return result
+
+    run.__name__ = run.__qualname__ = f"noop_{name.replace('.', '_')}"
+    return activity.defn(name=name)(run)
+
+
+async def serve(worker: Worker) -> None:
+    """Run ``worker`` until SIGTERM or SIGINT; say when it polls."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with worker:
+        print(READY, flush=True)
+        await stop.wait()
+
+
+def arguments(argv: Sequence[str] | None, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--temporal", required=True, help="The Temporal frontend, HOST:PORT.")
+    parser.add_argument("--namespace", default="default")
+    parser.add_argument("--task-queue", required=True)
+    return parser
+
+
+async def main(argv: Sequence[str] | None = None) -> None:
+    parser = arguments(argv, "A worker for the saga benchmark's raw workflow, with no-op activities.")
+    parser.add_argument("--activities", required=True, help="The activity names, comma-separated.")
+    args = parser.parse_args(argv)
+    client = await Client.connect(args.temporal, namespace=args.namespace)
+    names = [n for n in args.activities.split(",") if n]
+    worker = Worker(
+        client, task_queue=args.task_queue, workflows=[AgentsOnly], activities=[noop(n) for n in dict.fromkeys(names)]
+    )
+    await serve(worker)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,110 @@
+"""The servers a benchmark runs on, the processes it starts beside them, and how much memory each holds."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from temporalio.client import Client
+
+from events.streams import ensure_streams
+from quantum.app import connect_nats
+from quantum.bench.raw import READY
+from quantum.client import connect
+from quantum.settings import Settings
+from quantum.stack import EmbeddedStack, loopback_settings
+from quantum.stack.process import ServerProcess
+
+
+@dataclass
+class BenchStack:
+    """Temporal and NATS for one benchmark, with clients, and the processes to watch (name to pid)."""
+
+    settings: Settings
+    client: Client
+    nc: NATS
+    temporal_address: str
+    nats_url: str
+    data: Path
+    pids: dict[str, int] = field(default_factory=dict)
+
+
+@asynccontextmanager
+async def bench_stack(**overrides: Any) -> AsyncIterator[BenchStack]:
+    """A fresh embedded stack (temporary data directory, free ports) with connected clients and its streams."""
+    with tempfile.TemporaryDirectory(prefix="quantum-bench-") as tmp:
+        settings = loopback_settings(Path(tmp), **overrides)
+        async with EmbeddedStack(settings) as stack:
+            client = await connect(settings, address=stack.temporal_address)
+            nc = await connect_nats(stack.nats_url)
+            try:
+                await ensure_streams(nc.jetstream(), settings.stream_limits())
+                yield BenchStack(
+                    settings=settings,
+                    client=client,
+                    nc=nc,
+                    temporal_address=stack.temporal_address,
+                    nats_url=stack.nats_url,
+                    data=Path(tmp),
+                    pids={"temporal dev server": stack.pids["temporal"], "nats-server": stack.pids["nats"]},
+                )
+            finally:
+                await nc.close()
+
+
+@asynccontextmanager
+async def bench_process(
+    name: str, argv: list[str], logs: Path, *, ready_line: str = READY, env: dict[str, str] | None = None
+) -> AsyncIterator[ServerProcess]:
+    """``argv`` as a child that dies with this process; ready once its output says ``ready_line``."""
+    log_file = logs / f"{name.replace(' ', '-')}.log"
+    process = ServerProcess(name, argv, log_file, env=env)
+
+    async def ready() -> bool:
+        await asyncio.sleep(0)
+        try:
+            return ready_line in log_file.read_text(errors="replace")
+        except OSError:
+            return False
+
+    await process.start(ready, timeout=60)
+    try:
+        yield process
+    finally:
+        await process.stop()
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    """The command line that runs ``module`` with this interpreter."""
+    return [sys.executable, "-m", module, *args]
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user and system) process ``pid`` has used so far; 0 when gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def memory_mb(pid: int) -> tuple[float, float]:
+    """The resident memory of process ``pid`` now and at its peak (``VmRSS``, ``VmHWM``), in MB; 0 when gone."""
+    now = peak = 0.0
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                now = int(line.split()[1]) / 1024
+            elif line.startswith("VmHWM:"):
+                peak = int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return now, peak

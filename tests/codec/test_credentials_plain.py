@@ -830,7 +830,9 @@ def test_each_place_holds_what_it_should(exposure: Exposure) -> None:
     ):
         shown = places[place].split(b"AssertionError: " + ENV_MARK.encode() + b" ", 1)
         assert len(shown) == 2 and b"PATH=/" in shown[1][:1000], place
-    assert {"bwrap", "python -m agents.release_server", "python -m pytest"} <= set(exposure.programs), exposure.programs
+    # the release lives on; a sandboxed pytest lasts under a second and a loaded machine may sample none of one kind
+    assert "python -m agents.release_server" in exposure.programs, exposure.programs
+    assert {"bwrap", "python -m pytest"} & set(exposure.programs), exposure.programs
     assert len(places["child processes: environments and command lines"]) > 1000
 
 

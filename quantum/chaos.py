@@ -59,7 +59,7 @@ from events.streams import EVENTS_STREAM, ensure_streams
 from quantum.app import connect_nats
 from quantum.client import connect
 from quantum.settings import Settings
-from quantum.stack import EmbeddedStack, free_port, port_in_use
+from quantum.stack import EmbeddedStack, free_port, loopback_settings, port_in_use, process_env
 from quantum.stack.process import ServerProcess
 from quantum.stack.proctable import ProcessEntry, processes
 from workflows.models import RunStatusView
@@ -77,20 +77,6 @@ WORKER_DRAIN_SECONDS = 10
 ORPHAN_GRACE_SECONDS = 20.0
 """How long the children of stopped workers get to exit before those left are counted (and killed)."""
 MAX_DETAILS = 50
-
-_OWN_STACK: dict[str, Any] = {
-    "prometheus": False,
-    "temporal_namespace": "default",
-    "temporal_api_key": None,
-    "temporal_tls": False,
-    "temporal_tls_cert": None,
-    "temporal_tls_key": None,
-    "temporal_tls_ca": None,
-    "nats_creds": None,
-    "codec_keys": None,
-    "codec_keys_file": None,
-}
-"""Settings of the bench's own stack that no environment variable may change: the workers it starts get none."""
 
 
 @dataclass(frozen=True)
@@ -286,17 +272,13 @@ class WorkerProcess:
         self.name = name
         self.metrics_port = free_port()
         data = settings.data_path
-        env = {
-            "QUANTUM_DATA_DIR": str(data),
-            "QUANTUM_TEMPORAL_ADDRESS": stack.temporal_address,
-            "QUANTUM_NATS_URL": stack.nats_url,
-            "QUANTUM_TASK_QUEUE": settings.task_queue,
-            "QUANTUM_METRICS_PORT": str(self.metrics_port),
-            "QUANTUM_WORKER_SHUTDOWN_SECONDS": str(WORKER_DRAIN_SECONDS),
-            "QUANTUM_PROMETHEUS": "false",
-        }
-        if "PYTHONPATH" in os.environ:  # the code this process runs, when it runs from a source tree
-            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+        env = process_env(
+            settings,
+            temporal_address=stack.temporal_address,
+            nats_url=stack.nats_url,
+            metrics_port=self.metrics_port,
+            QUANTUM_WORKER_SHUTDOWN_SECONDS=str(WORKER_DRAIN_SECONDS),
+        )
         argv = [sys.executable, "-m", "quantum", "worker"]
         self._process = ServerProcess(f"quantum worker {name}", argv, data / "logs" / f"{name}.log", env=env, cwd=data)
 
@@ -702,15 +684,7 @@ async def left_behind(data: Path, grace: float = ORPHAN_GRACE_SECONDS) -> list[s
 
 def chaos_settings(data: Path) -> Settings:
     """The settings of a fresh stack in ``data`` on free loopback ports, whatever the environment says."""
-    return Settings(
-        data_dir=data,
-        temporal_address=f"127.0.0.1:{free_port()}",
-        temporal_ui_port=free_port(),
-        nats_url=f"nats://127.0.0.1:{free_port()}",
-        task_queue=f"chaos-{uuid.uuid4().hex[:12]}",
-        _env_file=None,
-        **_OWN_STACK,
-    )
+    return loopback_settings(data, task_queue=f"chaos-{uuid.uuid4().hex[:12]}")
 
 
 async def bench_chaos(

@@ -21,14 +21,11 @@ with workflow.unsafe.imports_passed_through():
     from workflows import metrics
     from workflows.compensations import Compensations
     from workflows.models import MAX_ERROR_CHARS, ReviewVerdict, RunStatus, RunStatusView, clip
-    from workflows.patches import BOUND_REVIEWS_PATCH, OUTBOUND_EVENTS_PATCH, REVIEW_RULES_PATCH, ask_later_patches
+    from workflows.patches import ask_later_patches
     from workflows.reviews import Gates
     from workflows.runview import RunStopped, RunView, failure_message
 
 __all__ = [
-    "BOUND_REVIEWS_PATCH",
-    "OUTBOUND_EVENTS_PATCH",
-    "REVIEW_RULES_PATCH",
     "Run",
     "RunStopped",
     "failure_message",

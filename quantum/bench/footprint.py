@@ -18,7 +18,7 @@ from quantum.bench.raw import RAW_WORKFLOW
 from quantum.bench.report import Progress, Report, quiet
 from quantum.bench.saga import REQUEST, BenchError, concurrent_runs, record_real_run, saga_workers
 from quantum.bench.stack import BenchStack, bench_process, bench_stack, memory_mb, python_module
-from quantum.stack import free_port
+from quantum.stack import free_port, process_env
 
 WORKER_TARGET_MB = 250.0
 SETTLE_SECONDS = 3.0
@@ -52,15 +52,14 @@ async def bench_footprint(*, runs: int = 100, progress: Progress = quiet) -> Rep
         recorded = await record_real_run(bench)
         progress("recording one real run", 1, 1)
         workers = await exits.enter_async_context(saga_workers(bench, recorded))
-        bridge_env = {
-            "QUANTUM_TEMPORAL_ADDRESS": bench.temporal_address,
-            "QUANTUM_TEMPORAL_NAMESPACE": bench.settings.temporal_namespace,
-            "QUANTUM_NATS_URL": bench.nats_url,
-            "QUANTUM_TASK_QUEUE": workers.product_queue,
-            "QUANTUM_DATA_DIR": str(bench.data / "bridge"),
-            "QUANTUM_METRICS_PORT": str(free_port()),
-            "QUANTUM_PROMETHEUS": "false",
-        }
+        bridge_env = process_env(
+            bench.settings,
+            temporal_address=bench.temporal_address,
+            nats_url=bench.nats_url,
+            metrics_port=free_port(),
+            QUANTUM_TASK_QUEUE=workers.product_queue,
+            QUANTUM_DATA_DIR=str(bench.data / "bridge"),
+        )
         bridge = await exits.enter_async_context(
             bench_process(
                 "quantum bridge",

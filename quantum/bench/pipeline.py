@@ -10,6 +10,7 @@ baseline, and the first concurrency at which the time per run doubles is what on
 from __future__ import annotations
 
 import asyncio
+import itertools
 import statistics
 import time
 import uuid
@@ -58,7 +59,7 @@ async def bench_pipeline(*, runs: int = 3, concurrency: list[int] | None = None,
     async with bench_stack() as bench:
         agents = build_agents(bench.settings, nats_url=bench.nats_url)
         queue = f"bench-pipeline-{uuid.uuid4()}"
-        counter = iter(range(1, 1_000_000))
+        counter = itertools.count(1)
         try:
             async with new_worker(bench.client, agents.activities(), task_queue=queue):
 

@@ -3,7 +3,6 @@ the targets they are held to. Printed as a table and written as JSON."""
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -105,9 +104,6 @@ class Report:
             "targets_met": self.targets_met,
             "notes": self.notes,
         }
-
-    def write_json(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
 
 
 def machine() -> dict[str, Any]:

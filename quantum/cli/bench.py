@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +21,7 @@ from quantum.bench.report import Report, Series
 from quantum.bench.saga import bench_saga
 from quantum.cli.apps import bench_app
 from quantum.cli.errors import run
-from quantum.cli.output import console
+from quantum.cli.output import console, fail
 from quantum.cli.params import check_positive
 from quantum.views import plain
 
@@ -33,13 +34,13 @@ Repetitions = Annotated[int, typer.Option(help="Repetitions; the table shows the
 @contextmanager
 def progress_bar() -> Iterator[Tick]:
     """A rich progress bar that a suite advances with ``(what, done, total)``."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         tasks: dict[str, TaskID] = {}
 
         def tick(what: str, done: int, total: int) -> None:
             if what not in tasks:
-                tasks[what] = bar.add_task(plain(what).plain, total=total)
+                tasks[what] = bar.add_task(what, total=total)
             bar.update(tasks[what], completed=done, total=total)
 
         yield tick
@@ -77,8 +78,16 @@ def show(report: Report, json_file: Path | None) -> None:
     for note in report.notes:
         console.print(plain(f"· {note}"), soft_wrap=True)
     if json_file is not None:
-        report.write_json(json_file)
+        save_json(json_file, report.to_json())
         console.print(plain(f"figures written to {json_file}"))
+
+
+def save_json(path: Path, figures: dict[str, Any]) -> None:
+    """Write a suite's figures to ``--json``'s file; a file that cannot be written is a clear error."""
+    try:
+        path.write_text(json.dumps(figures, indent=2) + "\n")
+    except OSError as err:
+        fail(f"cannot write {path}: {err.strerror or err}")
 
 
 def measure(make: Any, json_file: Path | None) -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -14,8 +12,9 @@ from rich.text import Text
 
 from quantum.chaos import ChaosConfig, ChaosProgress, ChaosReport, bench_chaos
 from quantum.cli.apps import bench_app
+from quantum.cli.bench import JsonOption, save_json
 from quantum.cli.errors import run
-from quantum.cli.output import console, fail
+from quantum.cli.output import console
 from quantum.views import plain
 
 
@@ -29,9 +28,7 @@ def bench_chaos_command(
     workers: Annotated[int, typer.Option(help="quantum worker processes sharing the task queue.", min=1)] = 2,
     stagger: Annotated[float, typer.Option(help="Seconds between two runs' starts.", min=0)] = 3.0,
     timeout: Annotated[float, typer.Option(help="Seconds the runs get to end after the last kill.", min=1)] = 900.0,
-    json_file: Annotated[
-        Path | None, typer.Option("--json", help="Also write the figures to this file, as JSON.", dir_okay=False)
-    ] = None,
+    json_file: JsonOption = None,
 ) -> None:
     """Kill workers with SIGKILL at random moments of real runs; count duplicates, losses and failover times.
 
@@ -47,10 +44,7 @@ def bench_chaos_command(
     for detail in report.effects.details + report.orphans:
         console.print(plain(detail, one_line=True), soft_wrap=True)
     if json_file is not None:
-        try:
-            json_file.write_text(json.dumps(report.as_json(), indent=2) + "\n")
-        except OSError as err:
-            fail(f"cannot write {json_file}: {err.strerror or err}")
+        save_json(json_file, report.as_json())
     if not report.ok:
         raise typer.Exit(1)
 

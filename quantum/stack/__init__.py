@@ -19,7 +19,7 @@ server process), :mod:`~quantum.stack.records` (run records, adoption), :mod:`~q
 servers), :mod:`~quantum.stack.embedded` (the stack).
 """
 
-from quantum.stack.embedded import EmbeddedStack, loopback_settings
+from quantum.stack.embedded import EmbeddedStack, loopback_settings, process_env
 from quantum.stack.errors import StackError
 from quantum.stack.probes import free_port, nats_answers, port_in_use, temporal_answers
 from quantum.stack.process import PYPI_PACKAGES, find_binary
@@ -28,6 +28,7 @@ from quantum.stack.servers import NatsServer, TemporalDevServer
 
 __all__ = [
     "loopback_settings",
+    "process_env",
     "PYPI_PACKAGES",
     "EmbeddedStack",
     "NatsServer",

@@ -308,17 +308,55 @@ class EmbeddedStack:
             raise StackError(f"{address} is in use by something that is not {what}; stop it or set {variable}")
 
 
+OWN_STACK: dict[str, Any] = {
+    "prometheus": False,
+    "temporal_namespace": "default",
+    "temporal_api_key": None,
+    "temporal_tls": False,
+    "temporal_tls_cert": None,
+    "temporal_tls_key": None,
+    "temporal_tls_ca": None,
+    "nats_creds": None,
+    "codec_keys": None,
+    "codec_keys_file": None,
+}
+"""Settings of a stack of one's own that no environment variable may change: a cluster's credentials, TLS and payload
+keys are not for it (nor for the processes started against it)."""
+
+
 def loopback_settings(
     data_dir: Path, *, temporal_port: int | None = None, nats_port: int | None = None, **overrides: Any
 ) -> Settings:
-    """Settings for a stack of one's own on loopback: ``data_dir``, free ports (unless given), no Prometheus, no
-    ``.env`` file: what benchmarks and tests start their embedded stacks with."""
+    """Settings for a stack of one's own on loopback: ``data_dir``, free ports (unless given), none of
+    :data:`OWN_STACK` taken from the environment, no ``.env`` file: what benchmarks and tests start their embedded
+    stacks with."""
     return Settings(
         data_dir=data_dir,
         temporal_address=f"127.0.0.1:{temporal_port or free_port()}",
         temporal_ui_port=free_port(),
         nats_url=f"nats://127.0.0.1:{nats_port or free_port()}",
-        prometheus=False,
         _env_file=None,
-        **overrides,
+        **{**OWN_STACK, **overrides},
     )
+
+
+def process_env(
+    settings: Settings, *, temporal_address: str, nats_url: str, metrics_port: int, **variables: str
+) -> dict[str, str]:
+    """The settings of a ``quantum`` process started against a stack of one's own, as its environment variables
+    (on top of :func:`~agents.processes.child_env`; never a secret): where the servers are, its data directory and
+    task queue, its metrics port, no Prometheus of its own, then ``variables``; and this process's ``PYTHONPATH``,
+    when it runs from a source tree."""
+    env = {
+        "QUANTUM_DATA_DIR": str(settings.data_path),
+        "QUANTUM_TEMPORAL_ADDRESS": temporal_address,
+        "QUANTUM_TEMPORAL_NAMESPACE": settings.temporal_namespace,
+        "QUANTUM_NATS_URL": nats_url,
+        "QUANTUM_TASK_QUEUE": settings.task_queue,
+        "QUANTUM_METRICS_PORT": str(metrics_port),
+        "QUANTUM_PROMETHEUS": "false",
+        **variables,
+    }
+    if "PYTHONPATH" in os.environ:
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env

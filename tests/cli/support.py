@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from quantum.stack import port_in_use
 from tests.conftest import free_port
 
 QUANTUM = Path(sys.executable).parent / "quantum"
@@ -36,11 +36,7 @@ def quantum(env: dict[str, str], *args: str, timeout: float = 240) -> subprocess
 
 
 def answers(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-    except OSError:
-        return False
-    return True
+    return port_in_use("127.0.0.1", port)
 
 
 def processes_mentioning(text: str) -> list[str]:

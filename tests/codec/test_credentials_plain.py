@@ -35,7 +35,6 @@ import ipaddress
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import threading
@@ -65,7 +64,7 @@ from events.envelope import new_event, subject_for
 from events.models import ReviewDecision
 from events.streams import DLQ_STREAM, ensure_streams
 from quantum.cli.review import signed
-from quantum.stack import TemporalDevServer
+from quantum.stack import TemporalDevServer, port_in_use
 from tests.agents.openai_server import OpenAIServer
 from tests.conftest import BIN, free_port, terminate
 from tests.workflows.conftest import files, wait_for
@@ -236,7 +235,7 @@ def secured_nats(directory: Path) -> Iterator[SecuredNats]:
         proc = subprocess.Popen([str(BIN / "nats-server"), "-c", str(config)], stdout=out, stderr=out)
     try:
         deadline = time.monotonic() + 20
-        while not _answers(port):
+        while not port_in_use("127.0.0.1", port):
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.05)
         yield SecuredNats(
@@ -248,14 +247,6 @@ def secured_nats(directory: Path) -> Iterator[SecuredNats]:
         )
     finally:
         terminate(proc)
-
-
-def _answers(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-    except OSError:
-        return False
-    return True
 
 
 # --- Temporal behind mutual TLS --------------------------------------------------------------------------------------

@@ -312,82 +312,34 @@ class Bridge:
             await self.js.add_consumer(EVENTS_STREAM, consumer)  # an update of an existing durable
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Fetch and handle messages until ``stop`` is set (or the task is cancelled).
+        """Fetch and handle batches until ``stop`` is set (or the task is cancelled).
 
-        Up to ``batch`` messages are in hand at once, and a fetch asks for as many as have been settled, so one slow
-        start does not hold back the messages behind it. A message that Temporal could not take backs the bridge off
-        before the next fetch. On ``stop``, the messages in hand are finished and settled before it returns.
+        Only a batch in which Temporal could not take a call backs the bridge off before the next fetch.
         """
         stop = stop or asyncio.Event()
         await self.ensure_consumer()
         sub = await self.js.pull_subscribe_bind(durable=self.config.consumer, stream=EVENTS_STREAM)
         log.info("bridge consuming %s as %s", EVENTS_STREAM, self.config.consumer)
         watcher = asyncio.create_task(self._watch_lag(stop))
-        in_hand: set[asyncio.Task[Outcome]] = set()
         try:
             while not stop.is_set():
-                if await self._settled(in_hand, wait=len(in_hand) >= self.config.batch):
-                    continue
                 try:
-                    msgs = await sub.fetch(self.config.batch - len(in_hand), timeout=1)
+                    msgs = await sub.fetch(self.config.batch, timeout=1)
                 except (TimeoutError, NatsTimeoutError):
                     continue
                 except NatsError as err:  # the bus away for a moment: a server restarting, a leader being elected
                     log.warning("fetching failed (%s: %s); trying again", type(err).__name__, err)
                     await self._back_off(FETCH_RETRY_SECONDS)
                     continue
-                in_hand.update(asyncio.create_task(self._held(msg)) for msg in msgs)
-        except asyncio.CancelledError:
-            for task in in_hand:
-                task.cancel()
-            raise
+                outcomes = await asyncio.gather(*(self.handle(msg) for msg in msgs))
+                if Outcome.RETRY in outcomes:
+                    self._failures += 1
+                    await self._back_off(self._delay())
+                else:
+                    self._failures = 0
         finally:
             watcher.cancel()
-            if in_hand:
-                await asyncio.gather(*in_hand, return_exceptions=True)
             await sub.unsubscribe()
-
-    async def _held(self, msg: Msg) -> Outcome:
-        """Handle ``msg``, telling JetStream every half ``ack_wait`` that it is in progress: a slow start (Temporal
-        retrying a call) is not delivered again, to this bridge or another, while it is in hand."""
-        keeper = asyncio.create_task(self._keep_in_progress(msg))
-        try:
-            return await self.handle(msg)
-        finally:
-            keeper.cancel()
-
-    async def _keep_in_progress(self, msg: Msg) -> None:
-        while True:
-            await asyncio.sleep(self.config.ack_wait_seconds / 2)
-            try:
-                await msg.in_progress()
-            except Exception as err:  # the connection going: the message is delivered again after ack_wait
-                log.debug("cannot mark message %s in progress: %s", _sequence(msg), err)
-                return
-
-    async def _settled(self, in_hand: set[asyncio.Task[Outcome]], *, wait: bool) -> bool:
-        """Take the handled messages out of ``in_hand`` (waiting for one when ``wait``); back off when Temporal
-        could not take one of them. Returns whether it backed off."""
-        if wait and in_hand:
-            await asyncio.wait(in_hand, return_when=asyncio.FIRST_COMPLETED)
-        done = {task for task in in_hand if task.done()}
-        if not done:
-            return False
-        in_hand.difference_update(done)
-        outcomes = []
-        for task in done:
-            if task.cancelled():  # a handler that ended the bridge's work, as the process ending would
-                raise asyncio.CancelledError
-            if (error := task.exception()) is not None:  # left unsettled: delivered again after the ack wait
-                log.error("handling a message failed: %s: %s", type(error).__name__, error)
-                continue
-            outcomes.append(task.result())
-        if Outcome.RETRY in outcomes:
-            self._failures += 1
-            await self._back_off(self._delay())
-            return True
-        self._failures = 0
-        return False
 
     async def lag(self) -> tuple[float, int]:
         """How old the oldest unacknowledged inbound event is (seconds) and how many wait or are in flight.

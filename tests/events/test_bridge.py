@@ -195,31 +195,3 @@ async def test_the_bridge_says_how_old_its_oldest_waiting_event_is(nc: NATS, cli
     async with bridge_running(bridge):
         await wait_until(lambda: settled(nc), what="the event started")
     assert await bridge.lag() == (0.0, 0)
-
-
-async def test_a_slow_message_does_not_hold_back_the_ones_behind_it(nc: NATS, client: Client) -> None:
-    """Up to a batch of messages are in hand at once, and a fetch asks for as many as were settled: the events after
-    a slow one start while it is still in hand (a bridge that waited for its whole batch would start none)."""
-    events = [pipeline_event() for _ in range(8)]
-    slow_id = "slow"
-    release = asyncio.Event()
-
-    class OneSlowMessage(RecordingBridge):
-        async def handle(self, msg):  # type: ignore[no-untyped-def]
-            if msg.headers and msg.headers.get("Nats-Msg-Id") == slow_id:
-                await release.wait()
-            return await super().handle(msg)
-
-    await publish(nc, events[0], msg_id=slow_id)
-    for n, event in enumerate(events[1:]):
-        await publish(nc, event, msg_id=f"quick-{n}")
-    bridge = OneSlowMessage(nc, client, bridge_config(queue(), batch=2, ack_wait_seconds=60.0))
-    async with bridge_running(bridge):
-        await wait_until(lambda: _started(bridge, 7), what="the seven quick events started")
-        assert slow_id not in [message for message, _ in bridge.outcomes]
-        release.set()
-        await wait_until(lambda: _started(bridge, 8), what="the slow one started too")
-
-
-async def _started(bridge: RecordingBridge, count: int) -> bool:
-    return sum(outcome is Outcome.STARTED for _, outcome in bridge.outcomes) >= count

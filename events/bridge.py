@@ -33,6 +33,7 @@ text from an event or from Temporal.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
@@ -291,6 +292,7 @@ class Bridge:
         self.temporal = temporal
         self.config = config or BridgeConfig()
         self._failures = 0
+        self._resume_at = 0.0
         self._message_failures = _Failures()
         self._rpc_timeout = timedelta(seconds=self.config.rpc_timeout_seconds)
 
@@ -312,34 +314,96 @@ class Bridge:
             await self.js.add_consumer(EVENTS_STREAM, consumer)  # an update of an existing durable
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Fetch and handle batches until ``stop`` is set (or the task is cancelled).
+        """Fetch and handle messages until ``stop`` is set (or the task is cancelled).
 
-        Only a batch in which Temporal could not take a call backs the bridge off before the next fetch.
+        Up to ``batch`` messages are in hand at once, and a fetch asks for as many as have been settled, so one slow
+        start does not hold back the messages behind it. A message that Temporal could not take pauses fetching
+        (:meth:`_back_off`); the messages already in hand go on meanwhile. On ``stop``, the messages in hand are
+        finished and settled before it returns.
         """
         stop = stop or asyncio.Event()
         await self.ensure_consumer()
         sub = await self.js.pull_subscribe_bind(durable=self.config.consumer, stream=EVENTS_STREAM)
         log.info("bridge consuming %s as %s", EVENTS_STREAM, self.config.consumer)
         watcher = asyncio.create_task(self._watch_lag(stop))
+        in_hand: set[asyncio.Task[Outcome]] = set()
+        clock = asyncio.get_running_loop()
         try:
             while not stop.is_set():
+                self._settle(in_hand)
+                paused = self._resume_at - clock.time()
+                if paused > 0 or len(in_hand) >= self.config.batch:
+                    if in_hand:
+                        timeout = paused if paused > 0 else None
+                        await asyncio.wait(in_hand, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                    else:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), paused)
+                    continue
                 try:
-                    msgs = await sub.fetch(self.config.batch, timeout=1)
+                    msgs = await sub.fetch(self.config.batch - len(in_hand), timeout=1)
                 except (TimeoutError, NatsTimeoutError):
                     continue
                 except NatsError as err:  # the bus away for a moment: a server restarting, a leader being elected
                     log.warning("fetching failed (%s: %s); trying again", type(err).__name__, err)
-                    await self._back_off(FETCH_RETRY_SECONDS)
+                    self._back_off(FETCH_RETRY_SECONDS)
                     continue
-                outcomes = await asyncio.gather(*(self.handle(msg) for msg in msgs))
-                if Outcome.RETRY in outcomes:
-                    self._failures += 1
-                    await self._back_off(self._delay())
-                else:
-                    self._failures = 0
+                in_hand.update(asyncio.create_task(self._held(msg)) for msg in msgs)
+        except asyncio.CancelledError:
+            for task in in_hand:
+                task.cancel()
+            raise
         finally:
             watcher.cancel()
+            if in_hand:
+                await asyncio.gather(*in_hand, return_exceptions=True)
             await sub.unsubscribe()
+
+    async def _held(self, msg: Msg) -> Outcome:
+        """Handle ``msg``, telling JetStream every half ``ack_wait`` that it is in progress: a slow start (Temporal
+        retrying a call) is not delivered again, to this bridge or another, while it is in hand."""
+        keeper = asyncio.create_task(self._keep_in_progress(msg))
+        try:
+            return await self.handle(msg)
+        finally:
+            keeper.cancel()
+
+    async def _keep_in_progress(self, msg: Msg) -> None:
+        while True:
+            await asyncio.sleep(self.config.ack_wait_seconds / 2)
+            try:
+                await msg.in_progress()
+            except Exception as err:  # the connection going: the message is delivered again after ack_wait
+                log.debug("cannot mark message %s in progress: %s", _sequence(msg), err)
+                return
+
+    def _settle(self, in_hand: set[asyncio.Task[Outcome]]) -> None:
+        """Take the handled messages out of ``in_hand``. One that Temporal could not take pauses fetching, unless a
+        pause is already running: the messages of one burst of failures (all in hand when Temporal went away) back
+        the bridge off once, not once each. A message that Temporal took after a pause ended ends the back-off."""
+        done = {task for task in in_hand if task.done()}
+        if not done:
+            return
+        in_hand.difference_update(done)
+        outcomes = []
+        for task in done:
+            if task.cancelled():  # a handler that ended the bridge's work, as the process ending would
+                raise asyncio.CancelledError
+            if (error := task.exception()) is not None:  # left unsettled: delivered again after the ack wait
+                log.error("handling a message failed: %s: %s", type(error).__name__, error)
+                continue
+            outcomes.append(task.result())
+        pausing = asyncio.get_running_loop().time() < self._resume_at
+        if Outcome.RETRY in outcomes:
+            if not pausing:
+                self._failures += 1
+                self._back_off(self._delay())
+        elif outcomes and not pausing:
+            self._failures = 0
+
+    def _back_off(self, seconds: float) -> None:
+        """Fetch nothing for ``seconds`` (Temporal cannot take calls, or the bus is away)."""
+        self._resume_at = asyncio.get_running_loop().time() + seconds
 
     async def lag(self) -> tuple[float, int]:
         """How old the oldest unacknowledged inbound event is (seconds) and how many wait or are in flight.
@@ -373,10 +437,6 @@ class Bridge:
             except Exception as err:  # the bus away for a moment: the next look tries again
                 log.debug("cannot read the bridge's lag: %s", err)
             await asyncio.sleep(LAG_INTERVAL_SECONDS)
-
-    async def _back_off(self, seconds: float) -> None:
-        """Wait before the next fetch while Temporal cannot take calls."""
-        await asyncio.sleep(seconds)
 
     def _delay(self) -> float:
         delays = self.config.retry_delays

@@ -30,9 +30,10 @@ import pytest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 
+from events.bridge import Outcome
 from events.catalog import INBOUND, workflow_id
 from events.envelope import new_event
-from events.streams import ensure_streams
+from events.streams import EVENTS_STREAM, ensure_streams
 from quantum.chaos import ChaosConfig, bench_chaos
 from quantum.stack import TemporalDevServer
 from tests.conftest import free_port
@@ -185,7 +186,14 @@ async def test_nats_killed_while_events_are_published_loses_none_and_doubles_non
         runs = Counter([e.id async for e in client.list_workflows(f'TaskQueue="{env["QUANTUM_TASK_QUEUE"]}"')])
         deadline = asyncio.get_running_loop().time() + 60
         while (twins := bridge.metric("quantum_bridge_events_total", outcome="duplicate") - before) < 99:
-            assert asyncio.get_running_loop().time() < deadline, f"{twins:g} of 99 copies handled"
+            if asyncio.get_running_loop().time() > deadline:
+                info = await nc.jetstream().consumer_info(EVENTS_STREAM, "quantum-bridge")
+                outcomes = {o: bridge.metric("quantum_bridge_events_total", outcome=o) for o in Outcome}
+                raise AssertionError(
+                    f"{twins:g} of 99 copies handled; bridge outcomes {outcomes}; consumer: "
+                    f"{info.num_pending} pending, {info.num_ack_pending} unacknowledged, "
+                    f"{info.num_redelivered} redelivered"
+                )
             await asyncio.sleep(0.5)
         redelivered = before
     finally:

@@ -11,7 +11,7 @@ from nats.aio.client import Client as NATS
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from events.bridge import REASON_HEADER, Outcome
+from events.bridge import REASON_HEADER, Outcome, TemporalUnavailable
 from events.catalog import INBOUND
 from events.envelope import new_event, subject_for
 from quantum.stack import TemporalDevServer
@@ -195,3 +195,61 @@ async def test_the_bridge_says_how_old_its_oldest_waiting_event_is(nc: NATS, cli
     async with bridge_running(bridge):
         await wait_until(lambda: settled(nc), what="the event started")
     assert await bridge.lag() == (0.0, 0)
+
+
+async def test_a_slow_message_does_not_hold_back_the_ones_behind_it(nc: NATS, client: Client) -> None:
+    """Up to a batch of messages are in hand at once, and a fetch asks for as many as were settled: the events after
+    a slow one start while it is still in hand (a bridge that waited for its whole batch would start none)."""
+    events = [pipeline_event() for _ in range(8)]
+    slow_id = "slow"
+    release = asyncio.Event()
+
+    class OneSlowMessage(RecordingBridge):
+        async def handle(self, msg):  # type: ignore[no-untyped-def]
+            if msg.headers and msg.headers.get("Nats-Msg-Id") == slow_id:
+                await release.wait()
+            return await super().handle(msg)
+
+    await publish(nc, events[0], msg_id=slow_id)
+    for n, event in enumerate(events[1:]):
+        await publish(nc, event, msg_id=f"quick-{n}")
+    bridge = OneSlowMessage(nc, client, bridge_config(queue(), batch=2, ack_wait_seconds=60.0))
+    async with bridge_running(bridge):
+        await wait_until(lambda: _started(bridge, 7), what="the seven quick events started")
+        assert slow_id not in [message for message, _ in bridge.outcomes]
+        release.set()
+        await wait_until(lambda: _started(bridge, 8), what="the slow one started too")
+
+
+async def _started(bridge: RecordingBridge, count: int) -> bool:
+    return sum(outcome is Outcome.STARTED for _, outcome in bridge.outcomes) >= count
+
+
+async def test_a_burst_of_temporal_failures_backs_the_bridge_off_once(nc: NATS, client: Client) -> None:
+    """Twenty messages in hand when Temporal stops taking calls fail one after another within a second: the bridge
+    pauses its fetching once for the burst. (Backing off again for each failure that settles, each pause longer than
+    the last, held a hundred copies of one event for over a minute.) Once Temporal takes calls, all twenty start."""
+    events = [pipeline_event() for _ in range(20)]
+    for n, event in enumerate(events):
+        await publish(nc, event, msg_id=f"burst-{n}")
+    refused: set[str] = set()
+
+    class TemporalGoneAMoment(RecordingBridge):
+        backoffs: list[float] = []
+
+        async def _act(self, kind, event, data):  # type: ignore[no-untyped-def]
+            if event.id not in refused:
+                refused.add(event.id)
+                await asyncio.sleep(0.03 * len(refused))  # the calls time out one after another
+                raise TemporalUnavailable("UNAVAILABLE: the server went away")
+            return await super()._act(kind, event, data)
+
+        def _back_off(self, seconds: float) -> None:
+            self.backoffs.append(seconds)
+            super()._back_off(seconds)
+
+    bridge = TemporalGoneAMoment(nc, client, bridge_config(queue(), batch=32, retry_delays=(1.0, 2.0, 4.0)))
+    async with bridge_running(bridge):
+        await wait_until(lambda: _started(bridge, 20), timeout=60, what="all twenty started")
+    assert [o for _, o in bridge.outcomes].count(Outcome.RETRY) == 20
+    assert bridge.backoffs == [1.0], bridge.backoffs

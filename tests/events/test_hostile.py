@@ -227,9 +227,9 @@ class PoisonedBridge(RecordingBridge):
             raise ZeroDivisionError("the stubbed part fails on this event")
         return await super()._act(kind, event, data)
 
-    async def _back_off(self, seconds: float) -> None:
+    def _back_off(self, seconds: float) -> None:
         self.backoffs.append(seconds)
-        await asyncio.sleep(seconds)
+        super()._back_off(seconds)
 
 
 async def test_a_poison_message_is_retried_alone_then_dead_lettered_while_good_events_start(

@@ -97,8 +97,24 @@ class EventPublisher:
             id=event.id, subject=event.nats_subject, stream_sequence=ack.seq, duplicate=bool(ack.duplicate)
         )
 
+    @activity.defn(name="events.publish_all")
+    async def publish_all(self, inputs: list[PublishEventInput]) -> list[PublishedEvent]:
+        """Publish ``inputs`` in order. An event that can never be published (``InvalidEvent``) does not keep the
+        others from the bus: the rest are published, then the refusal is raised, naming each."""
+        published, refused = [], []
+        for inp in inputs:
+            try:
+                published.append(await self.publish(inp))
+            except ApplicationError as err:
+                if err.type != "InvalidEvent":
+                    raise
+                refused.append(f"{inp.step}: {err.message}")
+        if refused:
+            raise ApplicationError("; ".join(refused), type="InvalidEvent", non_retryable=True)
+        return published
+
     async def close(self) -> None:
         await self._connection.close()
 
     def activities(self) -> list[Callable[..., Any]]:
-        return [self.publish]
+        return [self.publish, self.publish_all]

@@ -10,6 +10,7 @@ import dataclasses
 from pathlib import Path
 
 from temporalio.client import Client
+from temporalio.common import HeaderCodecBehavior
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.runtime import Runtime
@@ -45,6 +46,7 @@ async def connect(settings: Settings, *, address: str | None = None, runtime: Ru
         address or settings.temporal_address,
         namespace=settings.temporal_namespace,
         data_converter=data_converter(settings),
+        header_codec_behavior=HeaderCodecBehavior.CODEC,
         tls=tls_config(settings) or settings.temporal_tls or bool(api_key),
         api_key=api_key,
         runtime=runtime,

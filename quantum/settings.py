@@ -62,7 +62,12 @@ class Settings(BaseSettings):
         default=None, description="A NATS credentials file (JWT and NKey seed, `.creds`) for a secured cluster."
     )
 
-    event_duplicate_window_seconds: float = Field(default=120.0, gt=0)
+    event_duplicate_window_seconds: float = Field(
+        default=120.0,
+        ge=120.0,
+        description="How long JetStream drops a repeated event id. A run's events may be published again up to 90 s "
+        "after their first publication (a carrier activity retried), so less than 120 s is refused.",
+    )
     events_max_age_seconds: float = Field(default=7 * 24 * 3600, gt=0)
     events_max_bytes: int = Field(default=1024**3, gt=0)
     dlq_max_age_seconds: float = Field(default=30 * 24 * 3600, gt=0)

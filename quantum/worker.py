@@ -11,7 +11,9 @@ from typing import Any
 
 from temporalio import activity
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.common import HeaderCodecBehavior
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer, Worker
 
 from agents.codegen import CodegenAgent
 from agents.deploy import DeployAgent
@@ -29,6 +31,7 @@ from events.audit import AuditRecorder
 from events.publisher import EventPublisher
 from quantum.heartbeat import HeartbeatInterceptor
 from quantum.metrics import ActivityMetricsInterceptor
+from quantum.outbox import OutboxInterceptor
 from quantum.settings import Settings
 from workflows import WORKFLOWS
 
@@ -135,15 +138,36 @@ def new_worker(
     activities: Sequence[Callable[..., Any]],
     *,
     task_queue: str,
+    workflows: Sequence[type] = WORKFLOWS,
     **options: Any,
 ) -> Worker:
-    """A worker for the three workflows and ``activities`` on ``task_queue``; every activity heartbeats."""
-    interceptors = [HeartbeatInterceptor(), ActivityMetricsInterceptor(), *options.pop("interceptors", [])]
+    """A worker for ``workflows`` (the product's three) and ``activities`` on ``task_queue``; every activity
+    heartbeats, and the events a run's activities carry are published through the activity registered as
+    ``events.publish``."""
+    config = client.config()
+    if config["data_converter"].payload_codec and config["header_codec_behavior"] != HeaderCodecBehavior.CODEC:
+        raise ValueError(
+            "this client encodes payloads but not headers, where runs carry their events: connect with "
+            "quantum.client.connect (or header_codec_behavior=HeaderCodecBehavior.CODEC)"
+        )
+    by_name = {activity_name(fn): fn for fn in activities}
+    interceptors = [
+        HeartbeatInterceptor(),
+        ActivityMetricsInterceptor(),
+        OutboxInterceptor(by_name.get("events.publish")),
+        *options.pop("interceptors", []),
+    ]
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=list(WORKFLOWS),
+        workflows=list(workflows),
         activities=list(activities),
         interceptors=interceptors,
         **options,
     )
+
+
+def new_replayer(**options: Any) -> Replayer:
+    """A replayer of the three workflows with the workflow interceptors a worker has (a run's outbox among them)."""
+    options.setdefault("data_converter", pydantic_data_converter)
+    return Replayer(workflows=list(WORKFLOWS), interceptors=[OutboxInterceptor(None)], **options)

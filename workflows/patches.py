@@ -65,7 +65,12 @@ IMPLIED: frozenset[str] = frozenset(
 )
 """The patches every run that took :data:`LOCAL_EVENTS_PATCH` follows."""
 
-LATER: tuple[str, ...] = ()
+CARRIED_EVENTS_PATCH = "outbound-events-carried"
+"""Outbound events ride on the next activity the run schedules and are published by the worker before it runs
+(``workflows.outbox``); a local activity publishes only those that no activity takes before the run waits or ends.
+Runs recorded before publish each event with a local activity of its own."""
+
+LATER: tuple[str, ...] = (CARRIED_EVENTS_PATCH,)
 """Patches added after :data:`LOCAL_EVENTS_PATCH`: asked for at the start of every run (:func:`ask_later_patches`)."""
 
 

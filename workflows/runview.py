@@ -19,7 +19,8 @@ from temporalio.exceptions import (
     is_cancelled_exception,
 )
 
-from workflows.patches import LOCAL_EVENTS_PATCH, OUTBOUND_EVENTS_PATCH, taken
+from workflows import outbox
+from workflows.patches import CARRIED_EVENTS_PATCH, LOCAL_EVENTS_PATCH, OUTBOUND_EVENTS_PATCH, taken
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel
@@ -76,11 +77,13 @@ class RunView:
     def __init__(self, view: RunStatusView) -> None:
         self.view = view
         self._stage_started: dict[str, datetime] = {}
+        self._outbox: outbox.Outbox | None = None
 
     # --- outbound events ---------------------------------------------------------------------------------------
 
     async def announce(self, event_type: str, step: str, data: BaseModel) -> None:
-        """Publish an outbound event through the publisher activity; a failure to publish is a warning.
+        """Publish an outbound event: through the run's outbox (carried by the next activity, or published by a
+        local activity when none comes before the run waits); a failure to publish is a warning.
 
         Exactly once on the bus: the event id comes from the run and the step, so a publication repeated (a
         retried attempt, or a local activity run again after its worker died before the marker was recorded) is
@@ -91,6 +94,9 @@ class RunView:
         inp = PublishEventInput(
             type=event_type, data=data.model_dump(mode="json"), workflow_id=self.view.pipeline_id, step=step
         )
+        if taken(CARRIED_EVENTS_PATCH):
+            self.outbox.add(inp)
+            return
         try:
             if taken(LOCAL_EVENTS_PATCH):
                 await workflow.execute_local_activity_method(EventPublisher.publish, inp, **presets.PUBLISH_LOCAL)
@@ -100,6 +106,19 @@ class RunView:
             if is_cancelled_exception(err):
                 raise asyncio.CancelledError(str(err)) from err
             self.warn(f"event {event_type} ({step}) was not published: {failure_message(err)}")
+
+    @property
+    def outbox(self) -> outbox.Outbox:
+        """The run's outbox (the worker's interceptor attaches it as the run starts)."""
+        if self._outbox is None:
+            self._outbox = outbox.current()
+            self._outbox.warn = self.warn
+        return self._outbox
+
+    async def announced(self) -> None:
+        """Publish the events still in the outbox: the run is about to end."""
+        if taken(CARRIED_EVENTS_PATCH):
+            await self.outbox.flush()
 
     def warn(self, warning: str) -> None:
         """Record a warning in the view: each bounded, and at most ``MAX_WARNINGS`` of them (the last says so)."""

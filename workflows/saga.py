@@ -124,6 +124,7 @@ class Run(RunView):
             "completed",
             PipelineCompleted(pipeline_id=view.pipeline_id, status="succeeded", outputs=dict(view.outputs)),
         )
+        await self.announced()
         return result
 
     def _finished(self, status: str) -> None:
@@ -150,6 +151,7 @@ class Run(RunView):
                 compensations=[c.model_dump() for c in self.view.compensations],
             ),
         )
+        await self.announced()
 
 
 _FAILURE_TYPES: dict[str, str] = {

@@ -110,6 +110,14 @@ def rules() -> list[dict[str, Any]]:
             "cancellations were not acted on.",
         ),
         _rule(
+            "QuantumEventsUnpublished",
+            _events("type", "quantum_events_unpublished_total"),
+            "warning",
+            "Outbound events were not published: {{ $labels.type }}",
+            f"In the last {EVENT_WINDOW} a worker gave up publishing events its runs announced (the bus did not "
+            "answer for a minute, or refused them): consumers of these events did not hear of those runs.",
+        ),
+        _rule(
             "QuantumGatesPastSLA",
             _events("workflow_type, gate", "quantum_gates_escalated_total"),
             "warning",

@@ -364,6 +364,12 @@ def bus() -> dict[str, Any]:
                 "{{type}} (duplicate: {{duplicate}})",
             ),
         ),
+        trend(
+            "Events not published by type",
+            "ops",
+            "Events a worker gave up publishing: the bus did not answer for a minute, or refused the event.",
+            Query(f"sum by (type) (rate(quantum_events_unpublished_total[{RATE}]))", "{{type}}"),
+        ),
     ]
     return board(
         "Quantum Suite / Bus",

@@ -25,7 +25,7 @@ from temporalio.exceptions import ApplicationError
 
 from events.models import ReviewDecision
 from quantum.cli.codec import CodecHTTPServer
-from quantum.client import data_converter
+from quantum.client import connect, data_converter
 from quantum.codec import EncryptionCodec
 from quantum.stack import TemporalDevServer
 from tests.conftest import free_port
@@ -124,9 +124,10 @@ async def stored(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Asy
     )
     await server.start()
     try:
-        converter = data_converter(settings(codec_keys=keys_json("k1")[0]))
+        keyed = settings(codec_keys=keys_json("k1")[0])
+        converter = data_converter(keyed)
         assert isinstance(converter.payload_codec, EncryptionCodec)
-        with_codec = await Client.connect(server.address, data_converter=converter)
+        with_codec = await connect(keyed, address=server.address)  # the product's client: headers encoded too
         keyless = await Client.connect(server.address, data_converter=pydantic_data_converter)
         async with AsyncExitStack() as running:
             on = await running.enter_async_context(harness_with(with_codec, nats_url, tmp / "on"))
@@ -252,3 +253,16 @@ async def test_the_database_files_hold_no_canary(stored: Stored) -> None:
     assert found == dict.fromkeys(KINDS, 0), found
     control = {kind: hits(data, mark) for kind, mark in stored.clear.canaries.items()}
     assert all(control.values()), control
+
+
+async def test_a_worker_refuses_a_client_that_would_leave_headers_in_clear(temporal_address: str) -> None:
+    """Runs carry their events in activity headers; a client that encodes payloads but not headers would store
+    those events in clear, so no worker is built on it."""
+    from quantum.worker import new_worker
+
+    converter = data_converter(settings(codec_keys=keys_json("k1")[0]))
+    payloads_only = await Client.connect(temporal_address, data_converter=converter)
+    with pytest.raises(ValueError, match="encodes payloads but not headers"):
+        new_worker(payloads_only, [], task_queue=f"q-{uuid.uuid4()}")
+    headers_too = await connect(settings(codec_keys=keys_json("k1")[0]), address=temporal_address)
+    assert new_worker(headers_too, [], task_queue=f"q-{uuid.uuid4()}") is not None

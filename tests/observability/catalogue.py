@@ -69,6 +69,7 @@ METRICS = [
         "counter",
         {"type": ("quantum.pipeline.completed",), "duplicate": ("false", "true")},
     ),
+    Metric("quantum_events_unpublished_total", "counter", {"type": ("quantum.stage.completed",)}),
     Metric("quantum_llm_requests_total", "counter", {"model": ("gpt-test",), "outcome": ("ok", "error")}),
     Metric("quantum_llm_tokens_total", "counter", {"model": ("gpt-test",), "kind": ("prompt", "completion")}),
     Metric("quantum_llm_cost_total", "counter", {"model": ("gpt-test",)}),

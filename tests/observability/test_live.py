@@ -22,11 +22,14 @@ from typing import Any
 import httpx
 import nats
 import pytest
+from temporalio import activity
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.exceptions import ApplicationError
 
 from events.catalog import INBOUND, workflow_id
 from events.envelope import new_event
+from events.publisher import PublishEventInput
 from quantum.metrics import serve_metrics
 from quantum.observability.alerts import rules
 from quantum.observability.dashboards import dashboards, panel_queries
@@ -117,6 +120,12 @@ async def test_every_panel_and_alert_has_data_from_real_runs(client: Client, tmp
             await prometheus.stop()
 
 
+@activity.defn(name="events.publish")
+async def refusing_stage_events(inp: PublishEventInput) -> None:
+    if inp.type == "quantum.stage.completed":
+        raise ApplicationError(f"{inp.type} is over the server's max_payload", type="InvalidEvent", non_retryable=True)
+
+
 async def run_the_pipelines(harness: Any, nats_url: str, tmp_path: Path) -> None:
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
@@ -166,7 +175,10 @@ async def run_the_pipelines(harness: Any, nats_url: str, tmp_path: Path) -> None
                 with pytest.raises(WorkflowFailureError):
                     await handle.result()
         # a failure whose compensation fails too: the run is left partially compensated
-        async with harness.worker(failing("deploy.verify"), failing("infra.destroy", "destroy broke")):
+        # ... on a worker whose bus refuses the stages' events (as one with a tiny max_payload would)
+        async with harness.worker(
+            failing("deploy.verify"), failing("infra.destroy", "destroy broke"), refusing_stage_events
+        ):
             broken = await harness.start_pipeline(project=f"{harness.project}-f", infrastructure=SMALL_INFRA)
             with pytest.raises(WorkflowFailureError):
                 await broken.result()

@@ -13,7 +13,7 @@ flight across those changes still replay (through ``workflow.patched``). The ``*
 runs of the repair loop (recorded against a scripted OpenAI-compatible server), ``codegen-tested`` a code generation
 with tests on, ``pipeline-policy`` a run under the deployment's reviewer groups and gate defaults and
 ``pipeline-expired`` one whose gate expired. ``v5-*`` were recorded before outbound events were published through
-local activities.
+local activities, ``v6-*`` before they rode on the activities a run schedules (``workflows.outbox``).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
-from workflows import WORKFLOWS
-from workflows.patches import LATER, LOCAL_EVENTS_PATCH
+from quantum.worker import new_replayer
+from workflows.patches import CARRIED_EVENTS_PATCH, LATER, LOCAL_EVENTS_PATCH
 
 HISTORIES = Path(__file__).parent / "histories"
 FILES = sorted(HISTORIES.glob("*.json"))
@@ -49,6 +49,7 @@ def test_histories_are_recorded() -> None:
     assert {f"v4-{kind}" for kind in kinds} | {"v4-infra-chained"} <= names
     assert {"pipeline-policy", "pipeline-expired"} <= names
     assert {f"v5-{kind}" for kind in kinds} | {"v5-codegen-succeeded", "v5-pipeline-policy"} <= names
+    assert {f"v6-{kind}" for kind in kinds} | {"v6-codegen-succeeded", "v6-pipeline-policy"} <= names
 
 
 def workflow_id(path: Path) -> str:
@@ -60,7 +61,7 @@ def workflow_id(path: Path) -> str:
 @pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])
 async def test_history_replays_without_nondeterminism(path: Path) -> None:
     history = WorkflowHistory.from_json(workflow_id(path), json.loads(path.read_text()))
-    replayer = Replayer(workflows=list(WORKFLOWS), data_converter=pydantic_data_converter)
+    replayer = new_replayer()
     result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
     assert result.replay_failure is None
 
@@ -108,6 +109,17 @@ def test_runs_that_publish_through_local_activities_are_recorded() -> None:
     assert {"v5-pipeline-succeeded", "v4-pipeline-succeeded"}.isdisjoint(f.stem for f in LOCAL_RUNS)
 
 
+CARRIED_RUNS = [f for f in FILES if any(name == CARRIED_EVENTS_PATCH for _, name in markers(f))]
+
+
+def test_runs_whose_events_ride_on_their_activities_are_recorded() -> None:
+    """Today's runs carry their events on their activities; those recorded before publish each by a local activity
+    of its own, and keep doing so on replay."""
+    today = {f.stem for f in FILES if not f.stem.startswith("v")}
+    assert today == {f.stem for f in CARRIED_RUNS}
+    assert {"v6-pipeline-succeeded", "v6-codegen-succeeded"} <= {f.stem for f in LOCAL_RUNS} - today
+
+
 @pytest.mark.parametrize("path", LOCAL_RUNS, ids=[f.stem for f in LOCAL_RUNS])
 def test_runs_that_publish_locally_ask_for_their_patches_before_the_first_local_activity(path: Path) -> None:
     """Such a run follows every earlier patch without asking (no marker, no search attribute update each), and asks
@@ -116,5 +128,7 @@ def test_runs_that_publish_locally_ask_for_their_patches_before_the_first_local_
     found = markers(path)
     first_local = min(event for event, name in found if name == "local activity")
     patches = {name: event for event, name in found if name != "local activity"}
-    assert set(patches) == {LOCAL_EVENTS_PATCH, *LATER}
+    later = [patch for patch in LATER if patch in patches]
+    assert set(patches) == {LOCAL_EVENTS_PATCH, *later}
+    assert later == list(LATER[: len(later)])  # a run recorded before a later patch lacks it and those after it
     assert all(event < first_local for event in patches.values())

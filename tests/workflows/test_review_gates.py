@@ -17,13 +17,11 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from temporalio import workflow
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
-from temporalio.worker import Replayer, Worker
 
 from events.models import ApprovalPolicy, ReviewDecision
 from quantum.cli.review import signed
-from workflows import WORKFLOWS
+from quantum.worker import new_replayer, new_worker
 from workflows.models import ReviewVerdict, RunStatusView
 from workflows.saga import Run
 
@@ -63,7 +61,7 @@ async def accepted_updates(handle: WorkflowHandle[Any, Any]) -> int:
 async def replays(handle: WorkflowHandle[Any, Any]) -> None:
     """The run's history replays against today's code with a worker that has no keys: the keys and the verdicts
     come from the history."""
-    replayer = Replayer(workflows=list(WORKFLOWS), data_converter=pydantic_data_converter)
+    replayer = new_replayer()
     result = await replayer.replay_workflow(await handle.fetch_history(), raise_on_replay_failure=True)
     assert result.replay_failure is None
 
@@ -258,7 +256,7 @@ async def test_content_regenerated_after_a_review_revokes_it(harness: Harness) -
     longer count, and a review naming the old digest is refused as stale."""
     first, second = "1" * 64, "2" * 64
     activities = harness.agents.activities()
-    async with Worker(harness.client, task_queue=harness.task_queue, workflows=[RegatedProbe], activities=activities):
+    async with new_worker(harness.client, activities, task_queue=harness.task_queue, workflows=[RegatedProbe]):
         handle = await harness.client.start_workflow(
             RegatedProbe.run, [first, second], id=f"regated-{uuid.uuid4()}", task_queue=harness.task_queue
         )
@@ -278,8 +276,8 @@ async def test_a_signed_review_refused_once_cannot_count_later(keyed: Harness) -
     """Bob's signed approval of the next content, sent early, is refused (stale); its nonce is spent, so when the
     gate opens on that content the same review is refused as a replay instead of counting."""
     first, second = "1" * 64, "2" * 64
-    async with Worker(
-        keyed.client, task_queue=keyed.task_queue, workflows=[RegatedProbe], activities=keyed.agents.activities()
+    async with new_worker(
+        keyed.client, keyed.agents.activities(), task_queue=keyed.task_queue, workflows=[RegatedProbe]
     ):
         handle = await keyed.client.start_workflow(
             RegatedProbe.run, [first, second], id=f"regated-{uuid.uuid4()}", task_queue=keyed.task_queue

@@ -8,11 +8,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Replayer
 
 from quantum.telemetry import TemporalTelemetry
-from quantum.worker import new_worker
-from workflows import WORKFLOWS
+from quantum.worker import new_replayer, new_worker
 
 from .conftest import Harness, harness_with
 
@@ -67,6 +65,6 @@ async def run_twice_replayed(harness: Harness, registry: CollectorRegistry, tele
     stages = sample(registry, "quantum_stage_duration_seconds_count", outcome="succeeded", **CODEGEN)
     assert stages == 4  # validate_request, generate_code, validate_code, fingerprint
     # and a replay of the whole history by another worker's replayer, on the same runtime
-    replayer = Replayer(workflows=list(WORKFLOWS), data_converter=pydantic_data_converter, runtime=telemetry.runtime)
+    replayer = new_replayer(runtime=telemetry.runtime)
     await replayer.replay_workflow(history, raise_on_replay_failure=True)
     assert sample(registry, "quantum_runs_started_total", **CODEGEN) == 1

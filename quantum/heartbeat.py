@@ -45,6 +45,8 @@ class _Heartbeating(ActivityInboundInterceptor):
 
 
 async def _beat(interval: float) -> None:
+    # the heartbeat timeout counts from the activity's start, so the first beat can wait an interval: an activity
+    # shorter than that (most are) costs the server no heartbeat call at all
     while True:
-        activity.heartbeat()
         await asyncio.sleep(interval)
+        activity.heartbeat()

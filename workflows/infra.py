@@ -11,15 +11,14 @@ import pydantic
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
-from workflows.patches import PROJECT_CHAIN_PATCH, taken
-
-with workflow.unsafe.imports_passed_through():
+with workflow.unsafe.imports_passed_through():  # shared by every run, not imported afresh for each
+    import workflows.presets as presets
     from agents.errors import INVALID_REQUEST
     from agents.infra import InfraAgent
     from agents.models import DeclaredInput, InfraPlan, PlanInfraInput, ProvisionResult, ResourceSpec, RunRef
     from events.models import InfraRequest, InfraResource, ReviewDecision
-    from workflows import presets
     from workflows.models import INFRA_STAGES, PipelineResult, ReviewVerdict, RunStatusView
+    from workflows.patches import PROJECT_CHAIN_PATCH, taken
     from workflows.reviews import digest_of
     from workflows.saga import Run
 

@@ -8,9 +8,9 @@ import pydantic
 from temporalio import workflow
 from temporalio.exceptions import FailureError, is_cancelled_exception
 
-from workflows.patches import RECORD_RELEASE_PATCH, taken
-
-with workflow.unsafe.imports_passed_through():
+with workflow.unsafe.imports_passed_through():  # shared by every run, not imported afresh for each
+    import workflows.infra as infra
+    import workflows.presets as presets
     from agents.deploy import DeployAgent
     from agents.models import (
         Acceptance,
@@ -26,9 +26,9 @@ with workflow.unsafe.imports_passed_through():
     from agents.security import SecurityAgent
     from agents.sre import SREAgent
     from events.models import PipelineRequest, ReviewDecision
-    from workflows import infra, presets
     from workflows.build import Build, remember
     from workflows.models import PIPELINE_STAGES, PipelineResult, ReviewVerdict, RunStatusView
+    from workflows.patches import RECORD_RELEASE_PATCH, taken
     from workflows.reviews import digest_of
     from workflows.saga import Run, failure_message
 

@@ -99,3 +99,53 @@ def test_the_command_prints_the_table_and_writes_json(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "quantum bench events" in result.output and "bridge / raw starts/s" in result.output
     assert json.loads(out.read_text())["suite"] == "events"
+
+
+@pytest.mark.timeout(600)
+async def test_bench_saga_runs_on_a_cluster_of_ones_own_with_its_payload_keys(
+    temporal_address: str, nats_url: str, tmp_path: Path
+) -> None:
+    """``--cluster``: the stack the settings name, not one of the bench's own. Its payload keys reach the bench's
+    worker processes on their standard input: the product's runs are encrypted on the server, and its worker could
+    not have run them without the keys."""
+    from temporalio.client import Client
+
+    from tests.codec.support import keys_json, settings
+
+    cluster = settings(temporal_address=temporal_address, nats_url=nats_url, codec_keys=keys_json("k1")[0])
+    report = await bench_saga(runs=2, repetitions=1, cluster=cluster)
+    assert report.parameters["on"] == f"{temporal_address} (default)"
+    assert report.ratios["product / baseline runs/s"].values[0] > 0
+    assert "product: worker CPU per run" in report.series
+    assert not [name for name in report.series if "Temporal server" in name]  # not this machine's to measure
+    keyless = await Client.connect(temporal_address)
+    encodings = set()
+    async for run in keyless.list_workflows(
+        'WorkflowType="DevSecOpsPipelineWorkflow" AND TaskQueue STARTS_WITH "bench-saga-"'
+    ):
+        history = await keyless.get_workflow_handle(run.id).fetch_history()
+        started = history.events[0].workflow_execution_started_event_attributes
+        encodings |= {p.metadata["encoding"] for p in started.input.payloads}
+    assert encodings == {b"binary/encrypted"}
+
+
+async def test_a_bench_worker_gets_its_secrets_on_stdin_not_in_its_environment(tmp_path: Path) -> None:
+    import sys
+
+    from quantum.stack.process import ServerProcess
+
+    secret = b'{"temporal_api_key": "canary-7f3e"}'
+    probe = (
+        "import os, sys; data = sys.stdin.read(); print('re' + 'ad:', data, flush=True); "
+        "print('in its ' + 'environment:', 'can' + 'ary' in repr(os.environ), flush=True); import time; time.sleep(60)"
+    )
+    child = ServerProcess("probe", [sys.executable, "-c", probe], tmp_path / "probe.log", stdin=secret)
+
+    async def printed() -> bool:
+        return "in its environment:" in (tmp_path / "probe.log").read_text()
+
+    await child.start(printed, timeout=30)
+    await child.stop()
+    log = (tmp_path / "probe.log").read_text()
+    assert 'read: {"temporal_api_key": "canary-7f3e"}' in log and "in its environment: False" in log
+    assert "canary" not in log.splitlines()[0]  # the command line, as logged

@@ -20,7 +20,9 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 
-from quantum.bench.raw import arguments, noop, serve
+from quantum.bench.raw import arguments, noop, serve, stdin_settings
+from quantum.client import connect
+from quantum.settings import Settings
 from quantum.worker import new_worker
 
 
@@ -44,7 +46,11 @@ async def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--results", required=True, type=Path, help="The recorded run's results (JSON).")
     args = parser.parse_args(argv)
     record = json.loads(args.results.read_text())
-    client = await Client.connect(args.temporal, namespace=args.namespace, data_converter=pydantic_data_converter)
+    given = stdin_settings(args)
+    if given is None:
+        client = await Client.connect(args.temporal, namespace=args.namespace, data_converter=pydantic_data_converter)
+    else:  # the cluster's, with its payload keys: the product's runs are encrypted as the product's would be
+        client = await connect(Settings(**given, _env_file=None))
     worker = new_worker(client, noop_agents(record["results"], record["names"]), task_queue=args.task_queue)
     await serve(worker)
 

@@ -22,7 +22,8 @@ from temporalio.client import Client
 
 from quantum.bench.report import Progress, Report, quiet
 from quantum.bench.saga import PRODUCT_WORKFLOW, REQUEST, BenchError
-from quantum.bench.stack import bench_stack
+from quantum.bench.stack import bench_stack, on
+from quantum.settings import Settings
 from quantum.worker import build_agents, new_worker
 
 SINGLE_RUN_TARGET_SECONDS = 10.0
@@ -52,11 +53,14 @@ async def stage_seconds(client: Client, workflow_id: str) -> dict[str, float]:
     return dict(seconds)
 
 
-async def bench_pipeline(*, runs: int = 3, concurrency: list[int] | None = None, progress: Progress = quiet) -> Report:
-    """The pipeline benchmark on a fresh embedded stack of its own, the worker in this process."""
+async def bench_pipeline(
+    *, runs: int = 3, concurrency: list[int] | None = None, progress: Progress = quiet, cluster: Settings | None = None
+) -> Report:
+    """The pipeline benchmark on a fresh embedded stack of its own (or the ``cluster`` those settings name), the
+    worker in this process."""
     levels = sorted(set(concurrency or [1, 2, 4, 8]) | {1})
-    report = Report("pipeline", {"runs": runs, "concurrency": levels, "provider": "offline"})
-    async with bench_stack() as bench:
+    report = Report("pipeline", {"runs": runs, "concurrency": levels, "provider": "offline", "on": on(cluster)})
+    async with bench_stack(cluster) as bench:
         agents = build_agents(bench.settings, nats_url=bench.nats_url)
         queue = f"bench-pipeline-{uuid.uuid4()}"
         counter = itertools.count(1)

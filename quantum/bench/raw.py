@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
+import sys
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from temporalio import activity, workflow
 from temporalio.client import Client
+from temporalio.service import TLSConfig
 from temporalio.worker import Worker
 
 RAW_WORKFLOW = "BenchAgentsWorkflow"
@@ -62,14 +66,48 @@ def arguments(argv: Sequence[str] | None, description: str) -> argparse.Argument
     parser.add_argument("--temporal", required=True, help="The Temporal frontend, HOST:PORT.")
     parser.add_argument("--namespace", default="default")
     parser.add_argument("--task-queue", required=True)
+    parser.add_argument(
+        "--settings-stdin",
+        action="store_true",
+        help="Read the cluster's connection settings (JSON, secrets included) from standard input.",
+    )
     return parser
+
+
+def stdin_settings(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The connection settings given on standard input (``--settings-stdin``), else None."""
+    return json.loads(sys.stdin.read()) if args.settings_stdin else None
+
+
+async def connect_raw(args: argparse.Namespace) -> Client:
+    """The SDK's client, to the embedded stack the command line names or the cluster the settings on standard input
+    name (TLS, client certificate and API key as given; the baseline encrypts no payloads)."""
+    given = stdin_settings(args)
+    if given is None:
+        return await Client.connect(args.temporal, namespace=args.namespace)
+
+    def read(key: str) -> bytes | None:
+        path = given.get(key)
+        return Path(path).read_bytes() if path else None
+
+    files = {k: read(k) for k in ("temporal_tls_cert", "temporal_tls_key", "temporal_tls_ca")}
+    tls: TLSConfig | bool = bool(given.get("temporal_tls") or given.get("temporal_api_key"))
+    if any(files.values()):
+        tls = TLSConfig(
+            client_cert=files["temporal_tls_cert"],
+            client_private_key=files["temporal_tls_key"],
+            server_root_ca_cert=files["temporal_tls_ca"],
+        )
+    return await Client.connect(
+        given["temporal_address"], namespace=given["temporal_namespace"], tls=tls, api_key=given.get("temporal_api_key")
+    )
 
 
 async def main(argv: Sequence[str] | None = None) -> None:
     parser = arguments(argv, "A worker for the saga benchmark's raw workflow, with no-op activities.")
     parser.add_argument("--activities", required=True, help="The activity names, comma-separated.")
     args = parser.parse_args(argv)
-    client = await Client.connect(args.temporal, namespace=args.namespace)
+    client = await connect_raw(args)
     names = [n for n in args.activities.split(",") if n]
     worker = Worker(
         client, task_queue=args.task_queue, workflows=[AgentsOnly], activities=[noop(n) for n in dict.fromkeys(names)]

@@ -30,7 +30,8 @@ from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, 
 
 from quantum.bench.raw import RAW_WORKFLOW
 from quantum.bench.report import Progress, Report, percentile, quiet
-from quantum.bench.stack import BenchStack, bench_process, bench_stack, cpu_seconds, memory_mb, python_module
+from quantum.bench.stack import BenchStack, bench_process, bench_stack, cpu_seconds, memory_mb, on, python_module
+from quantum.settings import Settings
 from quantum.worker import activity_name, build_agents, new_worker
 from workflows.models import RunStatusView
 from workflows.outbox import EVENTS_HEADER
@@ -107,7 +108,10 @@ async def run_shape(client: Client, workflow_id: str) -> RunShape:
             attributes = event.activity_task_scheduled_event_attributes
             shape.scheduled.append(attributes.activity_type.name)
             if EVENTS_HEADER in attributes.header.fields:
-                shape.carried += len(json.loads(attributes.header.fields[EVENTS_HEADER].data))
+                payload = attributes.header.fields[EVENTS_HEADER]
+                if client.data_converter.payload_codec is not None:  # a cluster's payload keys
+                    (payload,) = await client.data_converter.payload_codec.decode([payload])
+                shape.carried += len(json.loads(payload.data))
         elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
             shape.workflow_tasks += 1
         elif event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
@@ -135,8 +139,12 @@ async def record_real_run(bench: BenchStack) -> Recorded:
     if view.gates:
         raise BenchError(f"the recorded run opened gates {sorted(view.gates)}; the saga benchmark runs without gates")
     scheduled = (await run_shape(bench.client, workflow_id)).scheduled
+    results = dict(recorder.results)
+    if "events.publish" not in results and results.get("events.publish_all"):
+        # events that rode on activities were published by the worker, not as activities: their result is the same
+        results["events.publish"] = results["events.publish_all"][0]
     return Recorded(
-        results=recorder.results,
+        results=results,
         names=[activity_name(fn) for fn in agents.activities()],
         scheduled=[name for name in scheduled if not name.startswith("events.publish")],
         seconds=time.perf_counter() - began,
@@ -171,12 +179,18 @@ class SagaWorkers:
     raw_queue: str
     product_pid: int
     raw_pid: int
+    product_log: Path
 
 
-async def bench_saga(*, runs: int = 100, repetitions: int = 3, progress: Progress = quiet) -> Report:
-    """The saga benchmark on a fresh embedded stack of its own."""
-    report = Report("saga", {"runs": runs, "repetitions": repetitions, "workflow": PRODUCT_WORKFLOW})
-    async with bench_stack() as bench:
+async def bench_saga(
+    *, runs: int = 100, repetitions: int = 3, progress: Progress = quiet, cluster: Settings | None = None
+) -> Report:
+    """The saga benchmark on a fresh embedded stack of its own, or on the ``cluster`` those settings name."""
+    report = Report(
+        "saga",
+        {"runs": runs, "repetitions": repetitions, "workflow": PRODUCT_WORKFLOW, "on": on(cluster)},
+    )
+    async with bench_stack(cluster) as bench:
         progress("recording one real run", 0, 1)
         recorded = await record_real_run(bench)
         progress("recording one real run", 1, 1)
@@ -196,6 +210,8 @@ async def saga_workers(bench: BenchStack, recorded: Recorded) -> AsyncIterator[S
     results = recorded.write(bench.data / "recorded-results.json")
     product_queue, raw_queue = f"bench-saga-{uuid.uuid4()}", f"bench-raw-{uuid.uuid4()}"
     common = ["--temporal", bench.temporal_address, "--namespace", bench.settings.temporal_namespace]
+    if bench.on_cluster:
+        common.append("--settings-stdin")
     product_argv = python_module(
         "quantum.bench.agents", *common, "--task-queue", product_queue, "--results", str(results)
     )
@@ -203,11 +219,14 @@ async def saga_workers(bench: BenchStack, recorded: Recorded) -> AsyncIterator[S
         "quantum.bench.raw", *common, "--task-queue", raw_queue, "--activities", ",".join(recorded.names)
     )
     async with AsyncExitStack() as exits:
-        product = await exits.enter_async_context(bench_process("bench product worker", product_argv, logs))
-        raw = await exits.enter_async_context(bench_process("bench raw worker", raw_argv, logs))
+        given = bench.worker_settings
+        product = await exits.enter_async_context(
+            bench_process("bench product worker", product_argv, logs, stdin=given)
+        )
+        raw = await exits.enter_async_context(bench_process("bench raw worker", raw_argv, logs, stdin=given))
         if product.pid is None or raw.pid is None:
             raise BenchError("a bench worker exited as it started")
-        yield SagaWorkers(product_queue, raw_queue, product.pid, raw.pid)
+        yield SagaWorkers(product_queue, raw_queue, product.pid, raw.pid, product.log_file)
 
 
 async def measure_saga(
@@ -222,16 +241,19 @@ async def measure_saga(
 ) -> None:
     """Run the repetitions and fill ``report``."""
     client = bench.client
+    clients = {"product": client, "baseline": bench.baseline_client}  # the baseline encrypts no payloads
     raw_rate, product_rate = report.measure("baseline runs/s", "runs/s"), report.measure("product runs/s", "runs/s")
     ratio = report.ratio("product / baseline runs/s", target=SAGA_TARGET)
     raw_p50, raw_p99 = report.measure("baseline p50", "ms"), report.measure("baseline p99", "ms")
     product_p50, product_p99 = report.measure("product p50", "ms"), report.measure("product p99", "ms")
     product_ids: list[str] = []
     raw_ids: list[str] = []
+    server = bench.pids.get("temporal dev server")  # a cluster's servers are not this machine's to measure
+    measured_by = (("worker", "worker"), ("server", "Temporal server")) if server else (("worker", "worker"),)
     cpu = {
         (side, who): report.measure(f"{side}: {label} CPU per run", "ms")
         for side in ("baseline", "product")
-        for who, label in (("worker", "worker"), ("server", "Temporal server"))
+        for who, label in measured_by
     }
     sides = {
         "baseline": (RAW_WORKFLOW, recorded.scheduled, workers.raw_queue),
@@ -242,13 +264,13 @@ async def measure_saga(
         for side in ("baseline", "product") if repetition % 2 else ("product", "baseline"):
             workflow, arg, queue = sides[side]
             worker = workers.product_pid if side == "product" else workers.raw_pid
-            server = bench.pids["temporal dev server"]
-            worker_cpu, server_cpu = cpu_seconds(worker), cpu_seconds(server)
+            worker_cpu, server_cpu = cpu_seconds(worker), cpu_seconds(server) if server else 0.0
             rate, latencies, ids = await concurrent_runs(
-                client, workflow, arg, runs=runs, task_queue=queue, tick=progress, what=f"{repetition}: {side}"
+                clients[side], workflow, arg, runs=runs, task_queue=queue, tick=progress, what=f"{repetition}: {side}"
             )
             cpu[side, "worker"].values.append((cpu_seconds(worker) - worker_cpu) * 1000 / runs)
-            cpu[side, "server"].values.append((cpu_seconds(server) - server_cpu) * 1000 / runs)
+            if server:
+                cpu[side, "server"].values.append((cpu_seconds(server) - server_cpu) * 1000 / runs)
             measured[side] = rate, latencies
             (product_ids if side == "product" else raw_ids).extend(ids)
         raw, made = measured["baseline"], measured["product"]
@@ -259,7 +281,13 @@ async def measure_saga(
         raw_p99.values.append(percentile(raw[1], 99) * 1000)
         product_p50.values.append(percentile(made[1], 50) * 1000)
         product_p99.values.append(percentile(made[1], 99) * 1000)
-    product_shape, raw_shape = await run_shape(client, product_ids[0]), await run_shape(client, raw_ids[0])
+    unpublished = workers.product_log.read_text(errors="replace").count("was not published")
+    if unpublished:
+        raise BenchError(f"the product worker could not publish {unpublished} events: it measured failing runs")
+    product_shape, raw_shape = (
+        await run_shape(client, product_ids[0]),
+        await run_shape(bench.baseline_client, raw_ids[0]),
+    )
     report.notes.append(
         f"per run: the baseline schedules {len(raw_shape.scheduled)} activities in {raw_shape.workflow_tasks} "
         f"workflow tasks ({raw_shape.events} history events); the product schedules {len(product_shape.scheduled)} in "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import tempfile
@@ -35,11 +36,60 @@ class BenchStack:
     nats_url: str
     data: Path
     pids: dict[str, int] = field(default_factory=dict)
+    """The servers' processes, when they run on this machine (the embedded stack)."""
+    keyless_client: Client | None = None
+    """On a cluster with payload keys: a client that encrypts nothing, for the SDK-only baseline."""
+    worker_settings: bytes | None = None
+    """On a cluster: how a bench worker process reaches it, secrets included, for the worker's standard input
+    (:func:`worker_settings`); None on the embedded stack, which the command line names."""
+
+    @property
+    def baseline_client(self) -> Client:
+        """The client the SDK-only baseline's runs start with: it encrypts no payloads, as its worker reads none."""
+        return self.keyless_client or self.client
+
+    @property
+    def on_cluster(self) -> bool:
+        return self.worker_settings is not None
+
+
+WORKER_SETTINGS = (
+    "temporal_address",
+    "temporal_namespace",
+    "temporal_api_key",
+    "temporal_tls",
+    "temporal_tls_cert",
+    "temporal_tls_key",
+    "temporal_tls_ca",
+    "codec_keys",
+    "codec_keys_file",
+    "codec_key_id",
+)
+
+
+def on(cluster: Settings | None) -> str:
+    """Where a suite runs, for its report: the embedded stack, or the cluster's Temporal frontend and namespace."""
+    return "embedded stack" if cluster is None else f"{cluster.temporal_address} ({cluster.temporal_namespace})"
+
+
+def worker_settings(settings: Settings) -> bytes:
+    """The settings a bench worker needs to reach the cluster as the benchmark does (its API key and payload keys
+    among them), as JSON for its standard input: never on its command line or in its environment."""
+    data = settings.model_dump(include=set(WORKER_SETTINGS), mode="json")
+    for name in ("temporal_api_key", "codec_keys"):
+        secret = getattr(settings, name)
+        data[name] = secret.get_secret_value() if secret is not None else None
+    return json.dumps(data).encode()
 
 
 @asynccontextmanager
-async def bench_stack(**overrides: Any) -> AsyncIterator[BenchStack]:
-    """A fresh embedded stack (temporary data directory, free ports) with connected clients and its streams."""
+async def bench_stack(cluster: Settings | None = None, **overrides: Any) -> AsyncIterator[BenchStack]:
+    """A fresh embedded stack (temporary data directory, free ports) with connected clients and its streams; or,
+    with ``cluster``, the Temporal and NATS those settings name (their TLS, credentials and payload keys)."""
+    if cluster is not None:
+        async with _on_cluster(cluster, **overrides) as bench:
+            yield bench
+        return
     with tempfile.TemporaryDirectory(prefix="quantum-bench-") as tmp:
         settings = loopback_settings(Path(tmp), **overrides)
         async with EmbeddedStack(settings) as stack:
@@ -61,12 +111,42 @@ async def bench_stack(**overrides: Any) -> AsyncIterator[BenchStack]:
 
 
 @asynccontextmanager
+async def _on_cluster(cluster: Settings, **overrides: Any) -> AsyncIterator[BenchStack]:
+    with tempfile.TemporaryDirectory(prefix="quantum-bench-") as tmp:
+        settings = cluster.model_copy(update={"data_dir": Path(tmp), **overrides})
+        client = await connect(settings)
+        keyless = settings.model_copy(update={"codec_keys": None, "codec_keys_file": None})
+        keyless_client = await connect(keyless) if client.data_converter.payload_codec is not None else None
+        nc = await connect_nats(settings.nats_url, settings.nats_credentials)
+        try:
+            await ensure_streams(nc.jetstream(), settings.stream_limits())
+            yield BenchStack(
+                settings=settings,
+                client=client,
+                nc=nc,
+                temporal_address=settings.temporal_address,
+                nats_url=settings.nats_url,
+                data=Path(tmp),
+                keyless_client=keyless_client,
+                worker_settings=worker_settings(settings),
+            )
+        finally:
+            await nc.close()
+
+
+@asynccontextmanager
 async def bench_process(
-    name: str, argv: list[str], logs: Path, *, ready_line: str = READY, env: dict[str, str] | None = None
+    name: str,
+    argv: list[str],
+    logs: Path,
+    *,
+    ready_line: str = READY,
+    env: dict[str, str] | None = None,
+    stdin: bytes | None = None,
 ) -> AsyncIterator[ServerProcess]:
     """``argv`` as a child that dies with this process; ready once its output says ``ready_line``."""
     log_file = logs / f"{name.replace(' ', '-')}.log"
-    process = ServerProcess(name, argv, log_file, env=env)
+    process = ServerProcess(name, argv, log_file, env=env, stdin=stdin)
 
     async def ready() -> bool:
         await asyncio.sleep(0)

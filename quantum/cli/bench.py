@@ -1,4 +1,8 @@
-"""``quantum bench saga|events|pipeline|footprint``: each prints a table and may write JSON (``--json FILE``)."""
+"""``quantum bench saga|events|pipeline|footprint``: each prints a table and may write JSON (``--json FILE``).
+
+``saga`` and ``pipeline`` also run on a cluster of one's own (``--cluster``). ``events`` publishes requests onto the
+bus, where a deployment's own bridge would act on them, and ``footprint`` measures the servers' memory on this
+machine: both run on the embedded stack only."""
 
 from __future__ import annotations
 
@@ -20,15 +24,29 @@ from quantum.bench.report import Progress as Tick
 from quantum.bench.report import Report, Series
 from quantum.bench.saga import bench_saga
 from quantum.cli.apps import bench_app
+from quantum.cli.connect import load_settings
 from quantum.cli.errors import run
 from quantum.cli.output import console, fail
 from quantum.cli.params import check_positive
+from quantum.settings import Settings
 from quantum.views import plain
 
 JsonOption = Annotated[
     Path | None, typer.Option("--json", help="Also write the figures as JSON to this file.", dir_okay=False)
 ]
 Repetitions = Annotated[int, typer.Option(help="Repetitions; the table shows their median and range.", min=1)]
+Cluster = Annotated[
+    bool,
+    typer.Option(
+        "--cluster",
+        help="Run on the Temporal and NATS the settings name (QUANTUM_TEMPORAL_ADDRESS, QUANTUM_NATS_URL, their TLS, "
+        "credentials and payload keys) instead of a fresh embedded stack.",
+    ),
+]
+
+
+def cluster_settings(cluster: bool) -> Settings | None:
+    return load_settings() if cluster else None
 
 
 @contextmanager
@@ -103,9 +121,11 @@ def bench_saga_command(
     runs: Annotated[int, typer.Option(help="Concurrent runs of each workflow per repetition.", min=1)] = 100,
     repetitions: Repetitions = 3,
     json_file: JsonOption = None,
+    cluster: Cluster = False,
 ) -> None:
     """The saga over no-op agents against a raw workflow running the same activities: runs/s, p50/p99, ratio."""
-    measure(lambda tick: bench_saga(runs=runs, repetitions=repetitions, progress=tick), json_file)
+    settings = cluster_settings(cluster)
+    measure(lambda tick: bench_saga(runs=runs, repetitions=repetitions, progress=tick, cluster=settings), json_file)
 
 
 @bench_app.command("events")
@@ -143,11 +163,13 @@ def bench_pipeline_command(
         list[int] | None, typer.Option(help="Concurrent runs to try (repeat the option); default 1 2 4 8.")
     ] = None,
     json_file: JsonOption = None,
+    cluster: Cluster = False,
 ) -> None:
     """Real runs on the offline provider: wall time per stage and per run, and how many concurrent runs one worker
     carries before the time per run doubles."""
     levels = sorted(set(concurrency or [1, 2, 4, 8]) | {1})
-    measure(lambda tick: bench_pipeline(runs=runs, concurrency=levels, progress=tick), json_file)
+    settings = cluster_settings(cluster)
+    measure(lambda tick: bench_pipeline(runs=runs, concurrency=levels, progress=tick, cluster=settings), json_file)
 
 
 @bench_app.command("footprint")

@@ -73,6 +73,8 @@ class ServerProcess:
         ui_url: Its Web UI, for the record.
         env: Variables to set on top of :func:`~agents.processes.child_env` (settings, never secrets).
         cwd: Its working directory (default this process's).
+        stdin: Bytes written to its standard input, which is then closed (a secret it needs goes there, never into
+            its command line or environment); None: no input.
     """
 
     def __init__(
@@ -87,6 +89,7 @@ class ServerProcess:
         ui_url: str | None = None,
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
+        stdin: bytes | None = None,
     ) -> None:
         self.name = name
         self.argv = argv
@@ -97,6 +100,7 @@ class ServerProcess:
         self.ui_url = ui_url
         self.env = dict(env) if env is not None else None
         self.cwd = cwd
+        self.stdin = stdin
         self.proc: asyncio.subprocess.Process | None = None
         self.identity: ProcessIdentity | None = None
 
@@ -117,7 +121,7 @@ class ServerProcess:
             out.flush()
             self.proc = await asyncio.create_subprocess_exec(
                 *self.argv,
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=asyncio.subprocess.DEVNULL if self.stdin is None else asyncio.subprocess.PIPE,
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
                 env=child_env(self.env),
@@ -125,6 +129,10 @@ class ServerProcess:
                 start_new_session=True,
                 preexec_fn=die_with_parent(PARENT_DEATH_SIGNAL),
             )
+        if self.stdin is not None and self.proc.stdin is not None:
+            self.proc.stdin.write(self.stdin)
+            await self.proc.stdin.drain()
+            self.proc.stdin.close()
         self.identity = ProcessIdentity.of(self.proc.pid)
         owner = ProcessIdentity.of(os.getpid())
         if self.record_file is not None and self.identity is not None and owner is not None:

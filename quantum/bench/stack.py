@@ -93,45 +93,54 @@ async def bench_stack(cluster: Settings | None = None, **overrides: Any) -> Asyn
     with tempfile.TemporaryDirectory(prefix="quantum-bench-") as tmp:
         settings = loopback_settings(Path(tmp), **overrides)
         async with EmbeddedStack(settings) as stack:
-            client = await connect(settings, address=stack.temporal_address)
-            nc = await connect_nats(stack.nats_url)
-            try:
-                await ensure_streams(nc.jetstream(), settings.stream_limits())
-                yield BenchStack(
-                    settings=settings,
-                    client=client,
-                    nc=nc,
-                    temporal_address=stack.temporal_address,
-                    nats_url=stack.nats_url,
-                    data=Path(tmp),
-                    pids={"temporal dev server": stack.pids["temporal"], "nats-server": stack.pids["nats"]},
-                )
-            finally:
-                await nc.close()
+            pids = {"temporal dev server": stack.pids["temporal"], "nats-server": stack.pids["nats"]}
+            async with _connected(settings, stack.temporal_address, stack.nats_url, pids=pids) as bench:
+                yield bench
 
 
 @asynccontextmanager
 async def _on_cluster(cluster: Settings, **overrides: Any) -> AsyncIterator[BenchStack]:
     with tempfile.TemporaryDirectory(prefix="quantum-bench-") as tmp:
-        settings = cluster.model_copy(update={"data_dir": Path(tmp), **overrides})
-        client = await connect(settings)
-        keyless = settings.model_copy(update={"codec_keys": None, "codec_keys_file": None})
-        keyless_client = await connect(keyless) if client.data_converter.payload_codec is not None else None
-        nc = await connect_nats(settings.nats_url, settings.nats_credentials)
-        try:
-            await ensure_streams(nc.jetstream(), settings.stream_limits())
-            yield BenchStack(
-                settings=settings,
-                client=client,
-                nc=nc,
-                temporal_address=settings.temporal_address,
-                nats_url=settings.nats_url,
-                data=Path(tmp),
-                keyless_client=keyless_client,
-                worker_settings=worker_settings(settings),
-            )
-        finally:
-            await nc.close()
+        settings = _copy(cluster, data_dir=Path(tmp), **overrides)
+        keyless_client = None
+        if settings.codec_keyring() is not None:
+            keyless_client = await connect(_copy(settings, codec_keys=None, codec_keys_file=None))
+        async with _connected(
+            settings,
+            settings.temporal_address,
+            settings.nats_url,
+            keyless_client=keyless_client,
+            worker_settings=worker_settings(settings),
+        ) as bench:
+            yield bench
+
+
+def _copy(settings: Settings, **changes: Any) -> Settings:
+    """``settings`` with ``changes``, validated afresh (``model_copy`` would keep what the original cached, such
+    as its data directory)."""
+    return type(settings).model_validate({**settings.model_dump(), **changes})
+
+
+@asynccontextmanager
+async def _connected(
+    settings: Settings, temporal_address: str, nats_url: str, **fields: Any
+) -> AsyncIterator[BenchStack]:
+    """Clients of the Temporal and NATS at these addresses, with the product's streams, for one benchmark."""
+    client = await connect(settings, address=temporal_address)
+    nc = await connect_nats(nats_url, settings.nats_credentials)
+    try:
+        await ensure_streams(nc.jetstream(), settings.stream_limits())
+        yield BenchStack(
+            settings=settings,
+            client=client,
+            nc=nc,
+            temporal_address=temporal_address,
+            nats_url=nats_url,
+            data=settings.data_path,
+            **fields,
+        )
+    finally:
+        await nc.close()
 
 
 @asynccontextmanager

@@ -33,8 +33,10 @@ from workflows.models import RunStatusView
 
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_HISTORY_EVENTS = 5000
-QUERY_SECONDS = 10.0
-CONCURRENCY = 8
+QUERY_SECONDS = 5.0
+CONCURRENCY = 32
+"""Runs asked at once: a run whose workers are gone answers no query, and holds its slot for ``QUERY_SECONDS``."""
+GATED_WORKFLOWS = ("DevSecOpsPipelineWorkflow", "CodeGenerationWorkflow", "InfraProvisionWorkflow")
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,8 @@ async def _waiting(client: Client, execution: WorkflowExecution) -> Waiting | No
 
 async def pending_reviews(client: Client, *, limit: int) -> list[Waiting]:
     """The runs waiting at a gate among the first ``limit`` running workflows, the longest waiting first."""
-    executions = [wf async for wf in client.list_workflows('ExecutionStatus="Running"', limit=limit)]
+    types = " OR ".join(f'WorkflowType="{name}"' for name in GATED_WORKFLOWS)
+    executions = [wf async for wf in client.list_workflows(f'ExecutionStatus="Running" AND ({types})', limit=limit)]
     slots = asyncio.Semaphore(CONCURRENCY)
 
     async def one(execution: WorkflowExecution) -> Waiting | None:

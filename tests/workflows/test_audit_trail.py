@@ -104,7 +104,9 @@ async def test_reviews_pending_lists_a_run_at_its_gate_and_not_one_that_ended(
         assert listed.returncode == 0, listed.stderr
         row = next(line for line in listed.stdout.splitlines() if waiting.id in line)
         assert "deploy" in row and "0/1" in row and "environment prod" in row
-        assert "59m" in row or "1h 00m" in row  # an hour's timeout, just opened
+        cells = [cell.strip() for cell in row.split("│")]
+        waited, left = seconds_of(cells[4]), seconds_of(cells[5])
+        assert 3590 <= waited + left <= 3600, cells  # an hour's timeout, counted from when the gate opened
         assert "(run start)" not in row  # since when the gate opened, from the run's history
         assert finished.id not in listed.stdout
 
@@ -177,3 +179,9 @@ async def test_a_pipelines_reviews_go_to_the_audit_stream_as_one_intact_chain(
     assert "truncated" in cut.stdout and "record 2 missing from the end" in cut.stdout
     assert [(e.reviewer, e.accepted) for e in view.audit] == [("alice", False), ("bob", True)]
     assert not any("audit stream" in w for w in view.warnings)
+
+
+def seconds_of(shown: str) -> int:
+    """``1h 00m``, ``58m 47s``, ``12s`` as seconds (to the minute for hours)."""
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    return sum(int(part[:-1]) * units[part[-1]] for part in shown.split())

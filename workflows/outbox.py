@@ -81,8 +81,7 @@ class Outbox:
     def add(self, event: PublishEventInput) -> None:
         """Queue ``event``; when no activity scheduled before the run next waits takes it, a local activity does."""
         self.pending.append(event)
-        if self._sweep is None:
-            self._sweep = asyncio.get_running_loop().create_task(self._sweep_unclaimed())
+        self._sweep_soon()
 
     def take(self) -> list[PublishEventInput]:
         events, self.pending = self.pending, []
@@ -98,10 +97,14 @@ class Outbox:
                 return
             if _may_repeat(done, cancellation, scheduled):
                 self.pending[:0] = events
-                if self._sweep is None:
-                    self._sweep = asyncio.get_running_loop().create_task(self._sweep_unclaimed())
+                self._sweep_soon()
 
         handle.add_done_callback(ended)
+
+    def _sweep_soon(self) -> None:
+        """Publish what no carrier takes before the run next waits (once per wait, however many events queue)."""
+        if self._sweep is None:
+            self._sweep = asyncio.get_running_loop().create_task(self._sweep_unclaimed())
 
     async def _sweep_unclaimed(self) -> None:
         # resume once every task that can run has run and the run is about to wait: an activity scheduled meanwhile

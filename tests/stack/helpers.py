@@ -52,6 +52,25 @@ def processes_mentioning(text: str) -> list[int]:
     return sorted(pid for pid in pids() if pid != me and alive(pid) and any(text in arg for arg in cmdline(pid)))
 
 
+def describe(pid: int) -> str:
+    """A process for a failure message: pid, state, parent and command line."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        state, parent = stat[0], stat[1]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return f"{pid} (gone)"
+    return f"{pid} state {state} parent {parent}: {' '.join(cmdline(pid))[:300]}"
+
+
+def wait_gone(text: str, what: str, deadline: float = DEADLINE) -> None:
+    """Wait until no process mentions ``text``; fail naming ``what`` and every process still there."""
+    end = time.monotonic() + deadline
+    while left := processes_mentioning(text):
+        if time.monotonic() >= end:
+            raise AssertionError(f"still waiting for: {what}; still running:\n" + "\n".join(map(describe, left)))
+        time.sleep(0.2)
+
+
 def session_members(sessions: list[int]) -> list[int]:
     """Live processes whose session is one of ``sessions`` (each server leads a session of its own)."""
     members = []

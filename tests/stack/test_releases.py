@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import QUANTUM, Up, processes_mentioning, up_env, wait_until
+from .helpers import QUANTUM, Up, processes_mentioning, up_env, wait_gone, wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -63,7 +63,7 @@ def test_releases_die_with_up_and_come_back_with_the_next(tmp_path: Path) -> Non
     assert CANARY.encode() not in Path(f"/proc/{release[0]}/environ").read_bytes()
 
     first.kill()
-    wait_until(lambda: not processes_mentioning(str(data)), "everything of the killed up to exit")
+    wait_gone(str(data), "everything of the killed up to exit")
     assert not answers(url)
 
     second = Up(env, tmp_path, "second")
@@ -71,5 +71,5 @@ def test_releases_die_with_up_and_come_back_with_the_next(tmp_path: Path) -> Non
     wait_until(lambda: answers(url), "the release to answer again at its URL")
 
     assert second.stop(signal.SIGINT) == 0
-    wait_until(lambda: not processes_mentioning(str(data)), "a clean stop to leave nothing running")
+    wait_gone(str(data), "a clean stop to leave nothing running")
     assert not answers(url)

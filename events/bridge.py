@@ -39,7 +39,7 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 from typing import Any
@@ -58,7 +58,15 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from events.catalog import INBOUND, CancelRequested, EventType, ReviewSubmitted, inbound_data, workflow_id
-from events.envelope import DLQ_SUBJECT, CloudEvent, EventError, check_subject, parse_envelope, subject_for
+from events.envelope import (
+    DLQ_SUBJECT,
+    SUBJECT_PREFIX,
+    CloudEvent,
+    EventError,
+    check_subject,
+    parse_envelope,
+    subject_for,
+)
 from events.models import REVIEW_REFUSED
 from events.streams import EVENTS_STREAM
 
@@ -141,7 +149,9 @@ class BridgeConfig:
         retry_delays: Growing delays between deliveries of a message (and of the bridge's back-off).
         failure_attempts: Deliveries of a message that fail unexpectedly before it is dead-lettered.
         rpc_timeout_seconds: The limit of each Temporal call.
-        inbound_subjects: The subjects consumed.
+        stream: The stream consumed (a benchmark on a shared bus uses one of its own).
+        subject_prefix: What an event's subject is its type's ``<noun>.<verb>`` after (see ``subject_for``).
+        inbound_subjects: The subjects consumed; by default, those of the inbound types after ``subject_prefix``.
     """
 
     task_queue: str = "quantum-workflows"
@@ -153,7 +163,9 @@ class BridgeConfig:
     retry_delays: tuple[float, ...] = (0.5, 1, 2, 4, 8, 15)
     failure_attempts: int = 3
     rpc_timeout_seconds: float = 5.0
-    inbound_subjects: tuple[str, ...] = field(default_factory=lambda: tuple(subject_for(t) for t in INBOUND))
+    stream: str = EVENTS_STREAM
+    subject_prefix: str = SUBJECT_PREFIX
+    inbound_subjects: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_deliver < 2:
@@ -162,6 +174,9 @@ class BridgeConfig:
             raise ValueError("failure_attempts must be at least 1")
         if not self.retry_delays:
             raise ValueError("retry_delays must name at least one delay")
+        if not self.inbound_subjects:
+            subjects = tuple(subject_for(t, self.subject_prefix) for t in INBOUND)
+            object.__setattr__(self, "inbound_subjects", subjects)
 
 
 class TemporalUnavailable(Exception):
@@ -284,7 +299,8 @@ class _Failures:
 
 
 class Bridge:
-    """Consumes ``QUANTUM_EVENTS`` with a durable pull consumer and acts on each inbound event."""
+    """Consumes ``QUANTUM_EVENTS`` (or the stream its configuration names) with a durable pull consumer and acts on
+    each inbound event."""
 
     def __init__(self, nc: NATS, temporal: Client, config: BridgeConfig | None = None) -> None:
         self.nc = nc
@@ -309,9 +325,9 @@ class Bridge:
             max_ack_pending=max(1000, c.batch * 4),
         )
         try:
-            await self.js.add_consumer(EVENTS_STREAM, consumer)
+            await self.js.add_consumer(c.stream, consumer)
         except BadRequestError:
-            await self.js.add_consumer(EVENTS_STREAM, consumer)  # an update of an existing durable
+            await self.js.add_consumer(c.stream, consumer)  # an update of an existing durable
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Fetch and handle messages until ``stop`` is set (or the task is cancelled).
@@ -323,8 +339,8 @@ class Bridge:
         """
         stop = stop or asyncio.Event()
         await self.ensure_consumer()
-        sub = await self.js.pull_subscribe_bind(durable=self.config.consumer, stream=EVENTS_STREAM)
-        log.info("bridge consuming %s as %s", EVENTS_STREAM, self.config.consumer)
+        sub = await self.js.pull_subscribe_bind(durable=self.config.consumer, stream=self.config.stream)
+        log.info("bridge consuming %s as %s", self.config.stream, self.config.consumer)
         watcher = asyncio.create_task(self._watch_lag(stop))
         in_hand: set[asyncio.Task[Outcome]] = set()
         clock = asyncio.get_running_loop()
@@ -411,7 +427,7 @@ class Bridge:
         Every message at or below the consumer's ack floor is settled, so the first inbound message after it is
         the oldest one not yet acknowledged.
         """
-        info = await self.js.consumer_info(EVENTS_STREAM, self.config.consumer)
+        info = await self.js.consumer_info(self.config.stream, self.config.consumer)
         waiting = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
         if not waiting:
             return 0.0, 0
@@ -419,7 +435,7 @@ class Bridge:
         oldest: float | None = None
         for subject in self.config.inbound_subjects:
             try:
-                found = await self.js.get_msg(EVENTS_STREAM, seq=after, subject=subject, next=True)
+                found = await self.js.get_msg(self.config.stream, seq=after, subject=subject, next=True)
             except NotFoundError:
                 continue
             if found.time is not None:
@@ -476,7 +492,7 @@ class Bridge:
             event = parse_envelope(msg.data, max_bytes=self.config.max_event_bytes)
             event_type = event.type if event.type in INBOUND else "unknown"  # a bounded set of metric labels
             if event.type in INBOUND:
-                check_subject(event, msg.subject)
+                check_subject(event, msg.subject, self.config.subject_prefix)
             kind, data = inbound_data(event)
             outcome = await self._act(kind, event, data)
         except EventError as err:

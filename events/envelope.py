@@ -97,9 +97,9 @@ class CloudEvent(BaseModel):
         return self.model_dump_json(exclude_none=True).encode()
 
 
-def subject_for(event_type: str) -> str:
-    """``quantum.<noun>.<verb>`` travels on ``quantum.events.<noun>.<verb>``."""
-    return SUBJECT_PREFIX + event_type.removeprefix("quantum.")
+def subject_for(event_type: str, prefix: str = SUBJECT_PREFIX) -> str:
+    """``quantum.<noun>.<verb>`` travels on ``quantum.events.<noun>.<verb>`` (or ``<prefix><noun>.<verb>``)."""
+    return prefix + event_type.removeprefix("quantum.")
 
 
 def new_event(
@@ -122,13 +122,13 @@ def new_event(
     )
 
 
-def check_subject(event: CloudEvent, subject: str) -> None:
+def check_subject(event: CloudEvent, subject: str, prefix: str = SUBJECT_PREFIX) -> None:
     """Raise :class:`WrongSubject` unless ``event`` arrived on the subject of its type.
 
     Permissions on the bus are granted per subject: an event whose body claims another type than its subject would
     act with rights its publisher may not have.
     """
-    expected = subject_for(event.type)
+    expected = subject_for(event.type, prefix)
     if subject != expected:
         raise WrongSubject(f"an event of type {event.type} travels on {expected}, but it arrived on {subject}")
 

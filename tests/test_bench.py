@@ -129,6 +129,69 @@ async def test_bench_saga_runs_on_a_cluster_of_ones_own_with_its_payload_keys(
     assert encodings == {b"binary/encrypted"}
 
 
+@pytest.mark.timeout(300)
+async def test_bench_events_on_a_cluster_leaves_its_stream_alone_and_no_run_of_its_own_running(
+    temporal_address: str, nats_url: str
+) -> None:
+    """On a cluster of one's own, a deployment's bridge consumes ``QUANTUM_EVENTS``: the bench's events travel on a
+    stream of the bench's own, deleted after, and the runs it started (which no worker polls) are terminated."""
+    import asyncio
+
+    import nats
+    from temporalio.client import Client
+
+    from events.streams import EVENTS_STREAM
+    from tests.codec.support import keys_json, settings
+
+    cluster = settings(temporal_address=temporal_address, nats_url=nats_url, codec_keys=keys_json("k1")[0])
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    try:
+        await js.stream_info(EVENTS_STREAM)  # the streams exist before, as on a deployment's bus
+    except nats.js.errors.NotFoundError:
+        from events.streams import ensure_streams
+
+        await ensure_streams(js, cluster.stream_limits())
+    before = (await js.stream_info(EVENTS_STREAM)).state.last_seq
+    try:
+        report = await bench_events(
+            events=10, rate=10, seconds=0.5, batch=4, duplicates=0.5, repetitions=1, cluster=cluster
+        )
+        assert (await js.stream_info(EVENTS_STREAM)).state.last_seq == before
+        names = [info.config.name for info in await js.streams_info()]
+        assert EVENTS_STREAM in names and not [name for name in names if name.startswith("QUANTUM_BENCH")]
+    finally:
+        await nc.close()
+    assert report.parameters["on"] == f"{temporal_address} (default)"
+    assert report.series["runs started twice"].values == [0]
+    # 10 to warm up, 10 raw and 10 through the bridge, then 5 raw calls and 5 + 5 events at the steady rate
+    assert "the 45 runs the bench started were terminated at the end" in report.notes
+    client = await Client.connect(temporal_address)
+    query = 'WorkflowType="CodeGenerationWorkflow" AND TaskQueue STARTS_WITH "bench-" AND ExecutionStatus="Running"'
+    for _ in range(50):  # visibility follows the terminations within moments
+        if (running := (await client.count_workflows(query)).count) == 0:
+            break
+        await asyncio.sleep(0.2)
+    assert running == 0
+
+
+@pytest.mark.timeout(600)
+async def test_bench_footprint_on_a_cluster_measures_this_machines_workers_only(
+    temporal_address: str, nats_url: str
+) -> None:
+    from tests.codec.support import settings
+
+    cluster = settings(temporal_address=temporal_address, nats_url=nats_url)
+    report = await bench_footprint(runs=2, cluster=cluster)
+    measured = {name.removesuffix(", idle") for name in report.series if name.endswith(", idle")}
+    assert measured == {"worker", "baseline worker (SDK only)"}
+    for name in measured:
+        idle, peak = report.series[f"{name}, idle"].median, report.series[f"{name}, peak under load"].median
+        assert 0 < idle <= peak, name
+    assert "started by the client" in report.notes[0]
+    assert "the bridge and the servers are not measured" in report.notes[1]
+
+
 async def test_a_bench_worker_gets_its_secrets_on_stdin_not_in_its_environment(tmp_path: Path) -> None:
     import sys
 

@@ -8,27 +8,38 @@ Each repetition measures, with no worker polling (the starts are what is measure
 3. the same through the bridge with a share of duplicates mixed in: each one a second copy of an event, stored by
    JetStream (published without the de-duplication header, as a redelivery or a careless client would) so that the
    bridge itself must recognise the run as already started.
+
+The events travel on a stream of the bench's own, configured as ``QUANTUM_EVENTS`` is but on subjects of its own, and
+deleted afterwards: on a cluster of one's own, a deployment's bridge never sees them. There, the runs the bench
+started (which no worker polls) are terminated at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from typing import Any
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from pydantic import BaseModel
 from temporalio.client import Client
 from temporalio.common import WorkflowIDReusePolicy
+from temporalio.service import RPCError, RPCStatusCode
 
 from events.bridge import Bridge, Outcome
-from events.envelope import CloudEvent, new_event
+from events.catalog import EventType, workflow_id
+from events.envelope import CloudEvent, new_event, subject_for
+from events.streams import EVENTS_STREAM, StreamLimits, stream_configs
 from quantum.bench.report import Progress, Report, percentile, quiet
-from quantum.bench.stack import BenchStack, bench_stack
+from quantum.bench.stack import BenchStack, bench_stack, on
+from quantum.settings import Settings
 
 REQUEST = {"project": "bench", "prompt": "a slugify helper", "requested_by": "bench"}
 THROUGHPUT_TARGET = 0.9
@@ -36,6 +47,35 @@ THROUGHPUT_TARGET = 0.9
 COPY_HEADER = "Bench-Copy-Of"
 LATENCY_TARGET = 2.0
 """Publish-to-start p99 no more than twice the raw start call's own p99 at the same rate."""
+BENCH_STREAM = "QUANTUM_BENCH_"
+"""The bench's own streams are named this, then a tag; their subjects are ``quantum.bench.<tag>.<noun>.<verb>``."""
+TERMINATE_CONCURRENCY = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class _Lane:
+    """Where the bench's events travel: its own stream and subject prefix."""
+
+    stream: str
+    prefix: str
+
+
+@asynccontextmanager
+async def _bench_stream(js: JetStreamContext, limits: StreamLimits) -> AsyncIterator[_Lane]:
+    """A stream configured as ``QUANTUM_EVENTS`` (storage, duplicate window, limits), on subjects that no
+    deployment's bridge consumes; deleted when the bench is done with it."""
+    tag = uuid.uuid4().hex[:12]
+    lane = _Lane(f"{BENCH_STREAM}{tag}", f"quantum.bench.{tag}.")
+    (events,) = [config for config in stream_configs(limits) if config.name == EVENTS_STREAM]
+    await js.add_stream(
+        dataclasses.replace(
+            events, name=lane.stream, subjects=[lane.prefix + ">"], description="quantum bench events (deleted after)"
+        )
+    )
+    try:
+        yield lane
+    finally:
+        await js.delete_stream(lane.stream)
 
 
 class _TimedBridge(Bridge):
@@ -45,6 +85,13 @@ class _TimedBridge(Bridge):
         super().__init__(*args, **kwargs)
         self.started_at: dict[str, float] = {}
         self.outcomes: Counter[str] = Counter()
+        self.workflow_ids: list[str] = []
+
+    async def _act(self, kind: EventType, event: CloudEvent, data: BaseModel) -> Outcome:
+        outcome = await super()._act(kind, event, data)
+        if outcome is Outcome.STARTED:
+            self.workflow_ids.append(workflow_id(kind, event.id))
+        return outcome
 
     async def handle(self, msg: Msg) -> Outcome:
         outcome = await super().handle(msg)
@@ -60,27 +107,29 @@ def _event() -> CloudEvent:
     return new_event("quantum.code.requested", REQUEST, source="quantum-bench")
 
 
-async def _publish(js: JetStreamContext, event: CloudEvent, *, deduplicated: bool = True) -> None:
+async def _publish(js: JetStreamContext, lane: _Lane, event: CloudEvent, *, deduplicated: bool = True) -> None:
     headers = {"Nats-Msg-Id": event.id} if deduplicated else {COPY_HEADER: event.id}
-    await js.publish(event.nats_subject, event.to_bytes(), headers=headers)
+    await js.publish(subject_for(event.type, lane.prefix), event.to_bytes(), headers=headers)
 
 
-async def _raw_start(client: Client, task_queue: str) -> None:
+async def _raw_start(client: Client, task_queue: str, started: list[str]) -> None:
+    run_id = f"bench-raw-{uuid.uuid4()}"
     await client.start_workflow(
         "CodeGenerationWorkflow",
         REQUEST,
-        id=f"bench-raw-{uuid.uuid4()}",
+        id=run_id,
         task_queue=task_queue,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
     )
+    started.append(run_id)
 
 
-async def _raw_burst(client: Client, count: int, task_queue: str, concurrency: int) -> float:
+async def _raw_burst(client: Client, count: int, task_queue: str, concurrency: int, started: list[str]) -> float:
     gate = asyncio.Semaphore(concurrency)
 
     async def start() -> None:
         async with gate:
-            await _raw_start(client, task_queue)
+            await _raw_start(client, task_queue, started)
 
     began = time.perf_counter()
     await asyncio.gather(*(start() for _ in range(count)))
@@ -124,8 +173,10 @@ async def bench_events(
     duplicates: float = 0.2,
     repetitions: int = 3,
     progress: Progress = quiet,
+    cluster: Settings | None = None,
 ) -> Report:
-    """Run the events benchmark on a fresh embedded stack of its own (temporary data, free ports)."""
+    """Run the events benchmark on a fresh embedded stack of its own (temporary data, free ports), or on the
+    ``cluster`` those settings name."""
     report = Report(
         "events",
         {
@@ -135,21 +186,61 @@ async def bench_events(
             "batch": batch,
             "duplicates": duplicates,
             "repetitions": repetitions,
+            "on": on(cluster),
         },
     )
-    async with bench_stack(bridge_batch=batch) as bench:
-        await _raw_burst(bench.client, min(events, 100), f"bench-warm-up-{uuid.uuid4()}", concurrency=batch)
-        for repetition in range(1, repetitions + 1):
-            await _repetition(bench, report, repetition, events, rate, seconds, duplicates, progress)
+    started: list[str] = []
+    async with bench_stack(cluster, bridge_batch=batch) as bench:
+        try:
+            async with _bench_stream(bench.nc.jetstream(), bench.settings.stream_limits()) as lane:
+                warm_up = f"bench-warm-up-{uuid.uuid4()}"
+                await _raw_burst(bench.client, min(events, 100), warm_up, batch, started)
+                for repetition in range(1, repetitions + 1):
+                    where = _Where(bench, lane, started)
+                    await _repetition(where, report, repetition, events, rate, seconds, duplicates, progress)
+        finally:
+            if bench.on_cluster:
+                await _terminate(bench.client, started, progress)
+    store = "the cluster's store" if bench.on_cluster else "SQLite store"
     report.notes.append(
-        f"SQLite store; the bridge holds up to {batch} events at a time; no worker polls the runs; a burst of raw "
-        "starts warms the server up first"
+        f"{store}; the bridge holds up to {batch} events at a time; no worker polls the runs; a burst of raw "
+        "starts warms the server up first; the events travel on a stream of the bench's own, deleted after"
     )
+    if bench.on_cluster:
+        report.notes.append(f"the {len(started)} runs the bench started were terminated at the end")
     return report
 
 
+async def _terminate(client: Client, run_ids: list[str], progress: Progress) -> None:
+    """Terminate the runs the bench started on a cluster (no worker polls their queues); one already gone is fine."""
+    gate = asyncio.Semaphore(TERMINATE_CONCURRENCY)
+    done = 0
+
+    async def terminate(run_id: str) -> None:
+        nonlocal done
+        async with gate:
+            try:
+                await client.get_workflow_handle(run_id).terminate(reason="quantum bench: measured, never to run")
+            except RPCError as err:
+                if err.status is not RPCStatusCode.NOT_FOUND:
+                    raise
+        done += 1
+        progress("terminating the bench's runs", done, len(run_ids))
+
+    await asyncio.gather(*(terminate(run_id) for run_id in run_ids))
+
+
+@dataclasses.dataclass
+class _Where:
+    """The servers, the bench's stream, and the ids of the runs started so far (to terminate on a cluster)."""
+
+    bench: BenchStack
+    lane: _Lane
+    started: list[str]
+
+
 async def _repetition(
-    bench: BenchStack,
+    where: _Where,
     report: Report,
     repetition: int,
     events: int,
@@ -158,6 +249,7 @@ async def _repetition(
     duplicates: float,
     progress: Progress,
 ) -> None:
+    bench, lane, started = where.bench, where.lane, where.started
     js = bench.nc.jetstream()
     task_queue = f"bench-{uuid.uuid4()}"
     steps, step = 5, 0
@@ -167,14 +259,20 @@ async def _repetition(
         step += 1
         progress(f"{repetition}: {what}", step, steps)
 
-    raw = await _raw_burst(bench.client, events, task_queue, concurrency=bench.settings.bridge_batch)
+    raw = await _raw_burst(bench.client, events, task_queue, bench.settings.bridge_batch, started)
     tick("raw starts")
-    config = bench.settings.bridge_config()
-    bridge = _TimedBridge(bench.nc, bench.client, type(config)(**{**config.__dict__, "task_queue": task_queue}))
+    config = dataclasses.replace(
+        bench.settings.bridge_config(),
+        task_queue=task_queue,
+        stream=lane.stream,
+        subject_prefix=lane.prefix,
+        inbound_subjects=(),
+    )
+    bridge = _TimedBridge(bench.nc, bench.client, config)
     await bridge.ensure_consumer()
     backlog = [_event() for _ in range(events)]
     for event in backlog:
-        await _publish(js, event)
+        await _publish(js, lane, event)
     stop = asyncio.Event()
     began = time.perf_counter()
     task = asyncio.create_task(bridge.run(stop))
@@ -187,7 +285,7 @@ async def _repetition(
 
         async def raw_call(_n: int) -> None:
             called = time.perf_counter()
-            await _raw_start(bench.client, task_queue)
+            await _raw_start(bench.client, task_queue, started)
             raw_calls.append((time.perf_counter() - called) * 1000)
 
         await _steady(rate, seconds, raw_call)
@@ -198,7 +296,7 @@ async def _repetition(
         async def publish(_n: int) -> None:
             event = _event()
             published_at[event.id] = time.perf_counter()
-            await _publish(js, event)
+            await _publish(js, lane, event)
 
         await _steady(rate, seconds, publish)
         await _wait_started(bridge, set(published_at), timeout=120)
@@ -215,10 +313,10 @@ async def _repetition(
             nonlocal copies
             event = _event()
             mixed_at[event.id] = time.perf_counter()
-            await _publish(js, event)
+            await _publish(js, lane, event)
             if chooser.random() < duplicates:
                 copies += 1
-                await _publish(js, event, deduplicated=False)
+                await _publish(js, lane, event, deduplicated=False)
 
         await _steady(rate, seconds, publish_mixed)
         await _wait_started(bridge, set(mixed_at), timeout=120)
@@ -229,6 +327,7 @@ async def _repetition(
     finally:
         stop.set()
         await task
+        started.extend(bridge.workflow_ids)
 
     report.measure("raw start_workflow", "starts/s").values.append(raw)
     report.measure("through the bridge", "starts/s").values.append(through_bridge)

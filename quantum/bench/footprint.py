@@ -5,6 +5,10 @@ suite), ``quantum bridge`` (its own process, starting the runs from events), the
 nats-server; and, as the baseline, a worker of the SDK alone serving the raw workflow. Idle is each one's resident
 memory once all are up and settled; under load is its peak (``VmHWM``) after N concurrent runs started through
 the bridge (and N raw runs for the baseline).
+
+On a cluster of one's own (``--cluster``), the servers are not this machine's to measure, and a bridge of the
+bench's would consume the deployment's own stream: the worker and the baseline worker are measured, the product's
+runs started by the client directly.
 """
 
 from __future__ import annotations
@@ -16,8 +20,17 @@ from contextlib import AsyncExitStack
 from events.envelope import new_event
 from quantum.bench.raw import RAW_WORKFLOW
 from quantum.bench.report import Progress, Report, quiet
-from quantum.bench.saga import REQUEST, BenchError, concurrent_runs, record_real_run, saga_workers
-from quantum.bench.stack import BenchStack, bench_process, bench_stack, memory_mb, python_module
+from quantum.bench.saga import (
+    PRODUCT_WORKFLOW,
+    REQUEST,
+    BenchError,
+    SagaWorkers,
+    concurrent_runs,
+    record_real_run,
+    saga_workers,
+)
+from quantum.bench.stack import BenchStack, bench_process, bench_stack, memory_mb, on, python_module
+from quantum.settings import Settings
 from quantum.stack import free_port, process_env
 
 WORKER_TARGET_MB = 250.0
@@ -44,45 +57,49 @@ async def _through_the_bridge(bench: BenchStack, task_queue: str, runs: int, pro
     progress("runs through the bridge", runs, runs)
 
 
-async def bench_footprint(*, runs: int = 100, progress: Progress = quiet) -> Report:
-    """The footprint benchmark on a fresh embedded stack of its own."""
-    report = Report("footprint", {"runs": runs})
-    async with bench_stack() as bench, AsyncExitStack() as exits:
+async def _bridge(bench: BenchStack, workers: SagaWorkers, exits: AsyncExitStack) -> int:
+    """``quantum bridge`` as a process of its own, starting runs on the product worker's queue; its pid."""
+    env = process_env(
+        bench.settings,
+        temporal_address=bench.temporal_address,
+        nats_url=bench.nats_url,
+        metrics_port=free_port(),
+        QUANTUM_TASK_QUEUE=workers.product_queue,
+        QUANTUM_DATA_DIR=str(bench.data / "bridge"),
+    )
+    command = python_module("quantum", "bridge")
+    bridge = await exits.enter_async_context(
+        bench_process("quantum bridge", command, bench.data / "bench-logs", ready_line="bridge consuming", env=env)
+    )
+    if bridge.pid is None:
+        raise BenchError("quantum bridge exited as it started")
+    return bridge.pid
+
+
+async def bench_footprint(*, runs: int = 100, progress: Progress = quiet, cluster: Settings | None = None) -> Report:
+    """The footprint benchmark on a fresh embedded stack of its own, or on the ``cluster`` those settings name."""
+    report = Report("footprint", {"runs": runs, "on": on(cluster)})
+    async with bench_stack(cluster) as bench, AsyncExitStack() as exits:
         progress("recording one real run", 0, 1)
         recorded = await record_real_run(bench)
         progress("recording one real run", 1, 1)
         workers = await exits.enter_async_context(saga_workers(bench, recorded))
-        bridge_env = process_env(
-            bench.settings,
-            temporal_address=bench.temporal_address,
-            nats_url=bench.nats_url,
-            metrics_port=free_port(),
-            QUANTUM_TASK_QUEUE=workers.product_queue,
-            QUANTUM_DATA_DIR=str(bench.data / "bridge"),
-        )
-        bridge = await exits.enter_async_context(
-            bench_process(
-                "quantum bridge",
-                python_module("quantum", "bridge"),
-                bench.data / "bench-logs",
-                ready_line="bridge consuming",
-                env=bridge_env,
-            )
-        )
-        if bridge.pid is None:
-            raise BenchError("quantum bridge exited as it started")
-        processes = {
-            "worker": workers.product_pid,
-            "bridge": bridge.pid,
-            **bench.pids,
-            "baseline worker (SDK only)": workers.raw_pid,
-        }
+        processes = {"worker": workers.product_pid}
+        if not bench.on_cluster:
+            processes["bridge"] = await _bridge(bench, workers, exits)
+        processes |= {**bench.pids, "baseline worker (SDK only)": workers.raw_pid}
         await asyncio.sleep(SETTLE_SECONDS)
         for name, pid in processes.items():
             report.measure(f"{name}, idle", "MB").values.append(memory_mb(pid)[0])
-        await _through_the_bridge(bench, workers.product_queue, runs, progress)
+        if bench.on_cluster:
+            queue = workers.product_queue
+            await concurrent_runs(
+                bench.client, PRODUCT_WORKFLOW, REQUEST, runs=runs, task_queue=queue, tick=progress, what="runs"
+            )
+        else:
+            await _through_the_bridge(bench, workers.product_queue, runs, progress)
         await concurrent_runs(
-            bench.client,
+            bench.baseline_client,
             RAW_WORKFLOW,
             recorded.scheduled,
             runs=runs,
@@ -96,8 +113,14 @@ async def bench_footprint(*, runs: int = 100, progress: Progress = quiet) -> Rep
         report.ratio("worker peak", target=WORKER_TARGET_MB, direction="at most", unit="MB").values.append(worker_peak)
         baseline_peak = memory_mb(workers.raw_pid)[1]
         report.ratio("worker peak / baseline worker peak").values.append(worker_peak / max(baseline_peak, 1e-9))
+    started = "started by the client" if bench.on_cluster else "started by events through the bridge"
     report.notes.append(
-        f"load: {runs} concurrent DevSecOpsPipelineWorkflow runs started by events through the bridge, over no-op "
-        "agents; the baseline worker ran as many raw runs"
+        f"load: {runs} concurrent DevSecOpsPipelineWorkflow runs {started}, over no-op agents; the baseline worker "
+        "ran as many raw runs"
     )
+    if bench.on_cluster:
+        report.notes.append(
+            "on a cluster, the bridge and the servers are not measured: the servers are not this machine's, and a "
+            "bridge of the bench's would consume the deployment's stream (the embedded stack measures both)"
+        )
     return report

@@ -1,8 +1,8 @@
 """``quantum bench saga|events|pipeline|footprint``: each prints a table and may write JSON (``--json FILE``).
 
-``saga`` and ``pipeline`` also run on a cluster of one's own (``--cluster``). ``events`` publishes requests onto the
-bus, where a deployment's own bridge would act on them, and ``footprint`` measures the servers' memory on this
-machine: both run on the embedded stack only."""
+Each also runs on a cluster of one's own (``--cluster``): the Temporal and NATS the settings name. There ``events``
+sends its events on a stream of its own (a deployment's bridge never sees them) and terminates the runs it started,
+and ``footprint`` measures the processes of this machine only (the bench's workers)."""
 
 from __future__ import annotations
 
@@ -140,9 +140,11 @@ def bench_events_command(
     ] = 0.2,
     repetitions: Repetitions = 3,
     json_file: JsonOption = None,
+    cluster: Cluster = False,
 ) -> None:
     """Starts per second through the bridge against raw start_workflow, and publish-to-start latency against the
     raw start call's own, with and without duplicates."""
+    settings = cluster_settings(cluster)
     measure(
         lambda tick: bench_events(
             events=events,
@@ -151,6 +153,7 @@ def bench_events_command(
             duplicates=duplicates,
             repetitions=repetitions,
             progress=tick,
+            cluster=settings,
         ),
         json_file,
     )
@@ -176,6 +179,9 @@ def bench_pipeline_command(
 def bench_footprint_command(
     runs: Annotated[int, typer.Option(help="Concurrent saga runs for the loaded figures.", min=1)] = 100,
     json_file: JsonOption = None,
+    cluster: Cluster = False,
 ) -> None:
-    """Resident memory of the worker, the bridge, the Temporal dev server and nats-server, idle and under load."""
-    measure(lambda tick: bench_footprint(runs=runs, progress=tick), json_file)
+    """Resident memory of the worker, the bridge, the Temporal dev server and nats-server, idle and under load (on a
+    cluster: the bench's workers only)."""
+    settings = cluster_settings(cluster)
+    measure(lambda tick: bench_footprint(runs=runs, progress=tick, cluster=settings), json_file)

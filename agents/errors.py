@@ -19,10 +19,20 @@ retry policy)::
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Any
 
 from temporalio.exceptions import ApplicationError
+
+_USERINFO = re.compile(r"(?<=://)[^/@,\s]*@")
+
+
+def without_secrets(url: str) -> str:
+    """``url`` (or a comma-separated list of them) with any user and password (or token) in it replaced by ``***``:
+    a failure's message is kept in the run's history, and logs and consoles show what they are given."""
+    return _USERINFO.sub("***@", url)
+
 
 INVALID_REQUEST = "InvalidRequest"
 UNSAFE_ARTIFACT = "UnsafeArtifact"

@@ -59,7 +59,7 @@ from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field
 from temporalio import activity
 
-from agents.errors import INVALID_REQUEST, PROVISION_FAILURE, failure
+from agents.errors import INVALID_REQUEST, PROVISION_FAILURE, failure, without_secrets
 from agents.models import (
     Declared,
     DeclaredInput,
@@ -89,8 +89,6 @@ TRASH_RETENTION_SECONDS = 35 * 24 * 3600
 """Longer than a run can wait at its gates before its compensation may still need what it deleted."""
 DEFAULT_LOCK_TIMEOUT = 60.0
 _ENVIRONMENT = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
-_USERINFO = re.compile(r"(?<=://)[^/@,\s]*@")
-"""A user and password (or a token) in a server URL: never in a message, which the run's history keeps."""
 _REPLACED_BY = {"stream": ("storage",), "kv": ("storage",)}
 
 RESOURCES = Counter("quantum_agent_infra_resources_total", "Resources created or destroyed", ["kind", "action"])
@@ -305,7 +303,7 @@ class InfraAgent:
                 user_credentials=self.nats_credentials,
             )
         except Exception as err:  # nats raises several unrelated types for an unreachable server
-            where = _USERINFO.sub("***@", self.nats_url)
+            where = without_secrets(self.nats_url)
             raise failure(PROVISION_FAILURE, f"NATS at {where} does not answer: {err}") from None
         try:
             yield nc.jetstream()

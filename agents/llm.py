@@ -24,7 +24,14 @@ from openai import AsyncOpenAI
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ValidationError
 
-from agents.errors import INVALID_MODEL_REPLY, MODEL_RATE_LIMITED, MODEL_REJECTED, MODEL_UNAVAILABLE, failure
+from agents.errors import (
+    INVALID_MODEL_REPLY,
+    MODEL_RATE_LIMITED,
+    MODEL_REJECTED,
+    MODEL_UNAVAILABLE,
+    failure,
+    without_secrets,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T", bound=BaseModel)
@@ -60,7 +67,7 @@ class LLMConfig:
         )
 
     def __repr__(self) -> str:  # never show the key
-        return f"LLMConfig(base_url={self.base_url!r}, model={self.model!r})"
+        return f"LLMConfig(base_url={without_secrets(self.base_url)!r}, model={self.model!r})"
 
 
 @dataclass(frozen=True)
@@ -128,7 +135,7 @@ class LLMGateway:
     def _classify(self, err: Exception) -> Exception:
         key = self.config.api_key
         message = str(err).replace(key, "***") if key else str(err)
-        where = f"model endpoint {self.config.base_url}"
+        where = f"model endpoint {without_secrets(self.config.base_url)}"
         if isinstance(err, openai.RateLimitError):
             return failure(MODEL_RATE_LIMITED, f"{where} is rate limiting: {message}", retry_after=_retry_after(err))
         if isinstance(err, (openai.APITimeoutError, openai.APIConnectionError, openai.InternalServerError)):
@@ -235,7 +242,8 @@ class LLMGateway:
             except openai.BadRequestError as err:
                 if not _rejects_response_format(err):
                     raise
-                log.info("%s does not take structured output; asking for plain JSON", self.config.base_url)
+                where = without_secrets(self.config.base_url)
+                log.info("%s does not take structured output; asking for plain JSON", where)
                 self._structured = False
         plain = [*messages]
         plain[0] = {

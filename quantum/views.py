@@ -8,7 +8,6 @@ are shown escaped instead of reaching the terminal. The styling of our own words
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -63,14 +62,6 @@ def as_string(value: Any) -> str:
         return f"({type(value).__name__} that is not JSON)"
     except RecursionError:
         return f"({type(value).__name__} nested too deeply to show)"
-
-
-_USERINFO = re.compile(r"(?<=://)[^/@,\s]*@")
-
-
-def without_secrets(url: str) -> str:
-    """``url`` (or a comma-separated list of them) with any user and password replaced by ``***``."""
-    return _USERINFO.sub("***@", url)
 
 
 def plain(value: Any, *, style: str = "", one_line: bool = False) -> Text:

@@ -11,13 +11,13 @@ from pydantic import ValidationError
 from temporalio.client import Client
 from temporalio.runtime import Runtime
 
+from agents.errors import without_secrets
 from quantum.bus import BusError
 from quantum.cli.errors import CliError, reason, settings_problem
 from quantum.cli.output import fail
 from quantum.client import connect
 from quantum.codec import CodecError
 from quantum.settings import Settings
-from quantum.views import without_secrets
 
 T = TypeVar("T")
 

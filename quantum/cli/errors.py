@@ -13,12 +13,12 @@ from pydantic import ValidationError
 from temporalio.exceptions import TemporalError
 from temporalio.service import RPCError, RPCStatusCode
 
+from agents.errors import without_secrets
 from quantum.cli.output import fail
 from quantum.codec import CodecError
 from quantum.metrics import MetricsError
 from quantum.settings import Settings
 from quantum.stack import StackError
-from quantum.views import without_secrets
 
 T = TypeVar("T")
 

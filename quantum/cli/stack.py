@@ -13,6 +13,7 @@ from nats.aio.client import Client as NATS
 from rich.table import Table
 from rich.text import Text
 
+from agents.errors import without_secrets
 from events.streams import EVENTS_STREAM, ensure_streams
 from quantum.app import Running, bridge_running, connect_nats, metrics_served, running, wait_for_stop_signal
 from quantum.cli.apps import app
@@ -25,7 +26,7 @@ from quantum.cli.runs import follow, wait_for_run
 from quantum.requests import EXAMPLES
 from quantum.settings import Settings
 from quantum.telemetry import telemetry
-from quantum.views import plain, summary, without_secrets
+from quantum.views import plain, summary
 from quantum.worker import build_agents, new_worker
 from workflows.models import RunStatusView
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
+from agents.errors import without_secrets
 from agents.processes import ProcessIdentity
 from quantum.settings import Settings, is_local_host
 from quantum.stack.errors import StackError
@@ -173,7 +174,7 @@ class EmbeddedStack:
             self.nats_url = adopted.record.address
             return
         if await answers():
-            self._say(f"using NATS at {s.nats_url}")
+            self._say(f"using NATS at {without_secrets(s.nats_url)}")
             return
         self._check_can_start("NATS", host, port, "QUANTUM_NATS_URL")
         data = s.data_path

@@ -112,6 +112,25 @@ async def test_401_is_not_retried_and_the_key_stays_secret(server: OpenAIServer)
     assert KEY not in str(info.value) and KEY not in repr(gateway(server).config)
 
 
+async def test_credentials_in_the_endpoint_url_stay_out_of_messages_and_logs(
+    server: OpenAIServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A proxy's user and password in the base URL: the failure (kept in the run's history), the log and the
+    configuration's repr show ``***`` where they were."""
+    password = "proxy-pass-5e1d"  # noqa: S105 - a canary
+    url = server.url.replace("://", f"://gateway:{password}@")
+    server.script(
+        Reply(status=400, body=error_body("response_format json_schema is not supported", "invalid_request_error")),
+        Reply(status=500, body=error_body("boom", "server_error")),
+    )
+    llm = gateway(server, base_url=url)
+    with caplog.at_level("INFO", logger="agents.llm"), pytest.raises(ApplicationError) as info:
+        await ask(llm)
+    assert info.value.type == "ModelUnavailable" and "model endpoint http://***@127.0.0.1" in info.value.message
+    assert "does not take structured output" in caplog.text
+    assert password not in str(info.value) and password not in caplog.text and password not in repr(llm.config)
+
+
 async def test_embeddings(server: OpenAIServer) -> None:
     server.script(Reply())
     vectors = await gateway(server, embedding_model="embed-test").embed(["ab", "abcd"])

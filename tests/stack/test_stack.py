@@ -91,6 +91,12 @@ async def test_starts_both_uses_them_and_stops_them(tmp_path: Path) -> None:
             assert second.nats_url == stack.nats_url
             assert second.temporal_ui_url is None
         assert second_lines == [f"using Temporal at {settings.temporal_address}", f"using NATS at {settings.nats_url}"]
+        # a user and password in the URL it uses are not printed
+        with_password = settings.model_copy(update={"nats_url": settings.nats_url.replace("://", "://svc:pw-9c2a@")})
+        third_lines: list[str] = []
+        async with EmbeddedStack(with_password, console_log=third_lines.append) as third:
+            assert third.started == []
+        assert third_lines[1] == f"using NATS at {settings.nats_url.replace('://', '://***@')}"
         assert await temporal_answers(stack.temporal_address)  # leaving it stopped nothing of the first
 
         pids = server_pids(stack)

@@ -9,7 +9,6 @@ as unpublished and the activity runs.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -28,6 +27,7 @@ from temporalio.worker import (
     WorkflowInterceptorClassInput,
     WorkflowOutboundInterceptor,
 )
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_before_delay, wait_exponential
 
 from events.publisher import PublishEventInput
 from workflows import outbox
@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 
 PATIENCE = 60.0
 """Seconds a carrier waits for the bus before it runs without having published its events."""
-RETRY_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0)
+FIRST_RETRY_SECONDS = 0.5
+LAST_RETRY_SECONDS = 8.0
+"""The delays between tries double from the first to the last."""
 
 UNPUBLISHED = Counter(
     "quantum_events_unpublished_total",
@@ -118,27 +120,30 @@ class _PublishCarried(ActivityInboundInterceptor):
         if self.publish is None:
             self._unpublished(event, "this worker registers no events.publish")
             return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + PATIENCE
-        for attempt in range(1, 1_000):
-            try:
-                await self.publish(event)
-                return
-            except ApplicationError as err:
-                if err.non_retryable:
-                    self._unpublished(event, f"{err.type}: {err.message}")
-                    return
-                problem = f"{err.type}: {err.message}"
-            except Exception as err:  # the bus away: try again until PATIENCE runs out
-                problem = f"{type(err).__name__}: {err}"
-            delay = RETRY_SECONDS[min(attempt, len(RETRY_SECONDS)) - 1]
-            if loop.time() + delay > deadline:
-                self._unpublished(event, problem)
-                return
-            log.warning("publishing %s (%s) failed (%s); trying again", event.type, event.step, problem)
-            await asyncio.sleep(delay)
+
+        def again(state: RetryCallState) -> None:
+            err = state.outcome.exception() if state.outcome is not None else None
+            log.warning("publishing %s (%s) failed (%s); trying again", event.type, event.step, _describe(err))
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(lambda err: not (isinstance(err, ApplicationError) and err.non_retryable)),
+            wait=wait_exponential(multiplier=FIRST_RETRY_SECONDS, max=LAST_RETRY_SECONDS),
+            stop=stop_before_delay(PATIENCE),
+            before_sleep=again,
+            reraise=True,
+        )
+        try:
+            await retrying(self.publish, event)
+        except Exception as err:  # refused, or the bus away for longer than PATIENCE
+            self._unpublished(event, _describe(err))
 
     @staticmethod
     def _unpublished(event: PublishEventInput, problem: str) -> None:
         UNPUBLISHED.labels(event.type).inc()
         log.error("event %s (%s) of %s was not published: %s", event.type, event.step, event.workflow_id, problem)
+
+
+def _describe(err: BaseException | None) -> str:
+    if isinstance(err, ApplicationError):
+        return f"{err.type}: {err.message}"
+    return f"{type(err).__name__}: {err}"

@@ -170,6 +170,21 @@ async def test_a_carrier_waits_out_a_bus_that_is_away_a_moment() -> None:
     assert bus.published == ["stage.a.completed", "stage.b.completed"]
 
 
+async def test_a_carrier_gives_up_on_a_bus_away_past_its_patience_and_runs(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Tries 0.5 s apart, then 1 s: with 2 s of patience, a third try would start too late, so the event is counted
+    as unpublished, and the next event is tried afresh."""
+    monkeypatch.setattr(carriers, "PATIENCE", 2.0)
+    bus = Bus([ConnectionRefusedError("the bus is away")] * 3)
+    before = _unpublished()
+    await _carry(bus, [event("a"), event("b")], environment())
+    assert _unpublished() == before + 1
+    assert bus.published == ["stage.b.completed"] and bus.failures == []
+    assert caplog.text.count("failed (ConnectionRefusedError: the bus is away); trying again") == 2
+    assert "was not published: ConnectionRefusedError: the bus is away" in caplog.text
+
+
 async def test_an_event_the_bus_refuses_is_counted_and_the_others_go_out() -> None:
     refused = ApplicationError("too large", type="InvalidEvent", non_retryable=True)
     bus = Bus([refused])

@@ -32,6 +32,7 @@ from agents.errors import (
     failure,
     without_secrets,
 )
+from agents.llm_config import LLMConfig
 
 log = logging.getLogger(__name__)
 T = TypeVar("T", bound=BaseModel)
@@ -46,28 +47,6 @@ TOKENS = Counter("quantum_llm_tokens_total", "Tokens used, by model and kind", [
 COST = Counter("quantum_llm_cost_total", "What the model requests cost, in the configured currency", ["model"])
 LATENCY = Histogram("quantum_llm_latency_seconds", "Latency of one model request", ["model"])
 _FENCED = re.compile(r"```(?:json)?\s*(\{.*?\}|\[.*?\])\s*```", re.DOTALL)
-
-
-@dataclass(frozen=True)
-class LLMConfig:
-    """Where the model is; the application builds it from settings."""
-
-    base_url: str
-    model: str
-    api_key: str | None = None
-    timeout_seconds: float = 60.0
-    embedding_model: str | None = None
-    prompt_price_per_1k: float = 0.0
-    completion_price_per_1k: float = 0.0
-
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        """What a request cost at the configured prices (0 when none are configured)."""
-        return round(
-            prompt_tokens * self.prompt_price_per_1k / 1000 + completion_tokens * self.completion_price_per_1k / 1000, 6
-        )
-
-    def __repr__(self) -> str:  # never show the key
-        return f"LLMConfig(base_url={without_secrets(self.base_url)!r}, model={self.model!r})"
 
 
 @dataclass(frozen=True)

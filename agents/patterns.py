@@ -15,12 +15,12 @@ import math
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from qdrant_client import AsyncQdrantClient
-from qdrant_client.models import Distance, PointStruct, VectorParams
+from typing import TYPE_CHECKING, Any
 
 from agents.library import Pattern, PatternLibrary, words
+
+if TYPE_CHECKING:  # qdrant-client is imported where a store is opened or written: it takes 70 MB and most of a second
+    from qdrant_client import AsyncQdrantClient
 
 COLLECTION = "quantum-patterns"
 NAMESPACE = uuid.UUID("5b0e1a2c-3d4f-4a6b-8c9d-0e1f2a3b4c5d")
@@ -94,6 +94,8 @@ class PatternStore:
             if self.dim is None:
                 self.dim = len((await self.embed(["dimension probe"]))[0])
             if not await self.client.collection_exists(self.collection):
+                from qdrant_client.models import Distance, VectorParams
+
                 await self.client.create_collection(
                     self.collection, vectors_config=VectorParams(size=self.dim, distance=Distance.COSINE)
                 )
@@ -110,6 +112,8 @@ class PatternStore:
         await self.ensure()
         if not patterns:
             return 0
+        from qdrant_client.models import PointStruct
+
         vectors = await self.embed([document(p) for p in patterns])
         points = [
             PointStruct(
@@ -159,6 +163,8 @@ def open_client(*, url: str, api_key: str | None, path: str) -> AsyncQdrantClien
     Local mode holds a lock on its folder; when another process of this machine holds it (``quantum up`` and
     ``quantum demo`` side by side), this process keeps its patterns in memory instead, and says so.
     """
+    from qdrant_client import AsyncQdrantClient
+
     if url:
         return AsyncQdrantClient(url=url, api_key=api_key)
     try:

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 from pydantic import AliasChoices, Field, SecretStr, StringConstraints, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from agents.llm import LLMConfig
+from agents.llm_config import LLMConfig
 from agents.reviewers import check_groups
 from events.bridge import BridgeConfig
 from events.models import Gate, GateRule, GroupName, Person

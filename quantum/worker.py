@@ -7,7 +7,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from temporalio import activity
 from temporalio.client import Client
@@ -19,7 +19,6 @@ from agents.codegen import CodegenAgent
 from agents.deploy import DeployAgent
 from agents.infra import InfraAgent
 from agents.library import PatternLibrary
-from agents.llm import LLMGateway
 from agents.patterns import COLLECTION, HashingEmbedder, PatternStore, open_client
 from agents.reviewers import ReviewerKeysAgent
 from agents.sandbox import Sandbox
@@ -34,6 +33,9 @@ from quantum.metrics import ActivityMetricsInterceptor
 from quantum.outbox import OutboxInterceptor
 from quantum.settings import Settings
 from workflows import WORKFLOWS
+
+if TYPE_CHECKING:
+    from agents.llm import LLMGateway
 
 
 @dataclass
@@ -81,7 +83,11 @@ def build_agents(settings: Settings, *, nats_url: str | None = None) -> Agents:
     workspaces = Workspaces(data / "workspaces")
     patterns = PatternLibrary()
     llm_config = settings.llm_config()
-    llm = LLMGateway(llm_config) if llm_config else None
+    llm = None
+    if llm_config is not None:
+        from agents.llm import LLMGateway  # the openai SDK, loaded only where a model is configured
+
+        llm = LLMGateway(llm_config)
     return Agents(
         codegen=CodegenAgent(workspaces, patterns, build_pattern_store(settings, patterns, llm), llm),
         testgen=TestgenAgent(workspaces, patterns, Sandbox(), llm),

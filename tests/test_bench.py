@@ -57,21 +57,24 @@ async def test_bench_saga_runs_the_same_agent_activities_on_both_sides() -> None
 
 @pytest.mark.timeout(600)
 async def test_bench_footprint_measures_every_process_idle_and_loaded() -> None:
-    report = await bench_footprint(runs=4)
+    ticks: list[tuple[str, int, int]] = []
+    report = await bench_footprint(runs=4, repetitions=2, progress=lambda *tick: ticks.append(tick))
     processes = ("worker", "bridge", "temporal dev server", "nats-server", "baseline worker (SDK only)")
     for name in processes:
-        idle, peak = report.series[f"{name}, idle"].median, report.series[f"{name}, peak under load"].median
-        assert 0 < idle <= peak, name
+        idle, peak = report.series[f"{name}, idle"].values, report.series[f"{name}, peak under load"].values
+        assert len(idle) == len(peak) == 2 and all(0 < i <= p for i, p in zip(idle, peak, strict=True)), name
+    assert ("2: runs through the bridge", 4, 4) in ticks and ("2: baseline runs", 4, 4) in ticks
     assert report.ratios["worker peak"].target == 250.0
 
 
 @pytest.mark.timeout(900)
 async def test_bench_pipeline_times_real_runs_and_their_stages() -> None:
-    report = await bench_pipeline(runs=1, concurrency=[1])
+    report = await bench_pipeline(runs=1, concurrency=[1], repetitions=2)
     stages = {name.strip() for name in report.series if name.startswith("  ")}
     assert {"testgen.execute_tests", "security.scan", "infra.provision", "deploy.deploy"} <= stages
     assert report.series["run, one at a time"].median > report.series["  testgen.execute_tests"].median > 0
     assert report.series["concurrent runs before the time per run doubles"].values == [1]
+    assert len(report.series["time per run, 1 concurrent"].values) == 2
     assert report.ratios["single run median"].target == 10.0
 
 
@@ -182,7 +185,7 @@ async def test_bench_footprint_on_a_cluster_measures_this_machines_workers_only(
     from tests.codec.support import settings
 
     cluster = settings(temporal_address=temporal_address, nats_url=nats_url)
-    report = await bench_footprint(runs=2, cluster=cluster)
+    report = await bench_footprint(runs=2, repetitions=1, cluster=cluster)
     measured = {name.removesuffix(", idle") for name in report.series if name.endswith(", idle")}
     assert measured == {"worker", "baseline worker (SDK only)"}
     for name in measured:

@@ -4,7 +4,8 @@ The processes: the product's worker (the real workflows and worker assembly over
 suite), ``quantum bridge`` (its own process, starting the runs from events), the Temporal dev server and
 nats-server; and, as the baseline, a worker of the SDK alone serving the raw workflow. Idle is each one's resident
 memory once all are up and settled; under load is its peak (``VmHWM``) after N concurrent runs started through
-the bridge (and N raw runs for the baseline).
+the bridge (and N raw runs for the baseline). Each repetition starts the workers and the bridge afresh; the servers
+run through all of them.
 
 On a cluster of one's own (``--cluster``), the servers are not this machine's to measure, and a bridge of the
 bench's would consume the deployment's own stream: the worker and the baseline worker are measured, the product's
@@ -24,6 +25,7 @@ from quantum.bench.saga import (
     PRODUCT_WORKFLOW,
     REQUEST,
     BenchError,
+    Recorded,
     SagaWorkers,
     concurrent_runs,
     record_real_run,
@@ -76,48 +78,74 @@ async def _bridge(bench: BenchStack, workers: SagaWorkers, exits: AsyncExitStack
     return bridge.pid
 
 
-async def bench_footprint(*, runs: int = 100, progress: Progress = quiet, cluster: Settings | None = None) -> Report:
-    """The footprint benchmark on a fresh embedded stack of its own, or on the ``cluster`` those settings name."""
-    report = Report("footprint", {"runs": runs, "on": on(cluster)})
-    async with bench_stack(cluster) as bench, AsyncExitStack() as exits:
+def _labelled(progress: Progress, repetition: int) -> Progress:
+    return lambda what, done, total: progress(f"{repetition}: {what}", done, total)
+
+
+async def _repetition(
+    bench: BenchStack,
+    recorded: Recorded,
+    workers: SagaWorkers,
+    exits: AsyncExitStack,
+    report: Report,
+    *,
+    runs: int,
+    progress: Progress,
+) -> None:
+    """Fresh workers (and bridge) settled, then loaded: each one's resident memory idle and at its peak."""
+    processes = {"worker": workers.product_pid}
+    if not bench.on_cluster:
+        processes["bridge"] = await _bridge(bench, workers, exits)
+    processes |= {**bench.pids, "baseline worker (SDK only)": workers.raw_pid}
+    await asyncio.sleep(SETTLE_SECONDS)
+    for name, pid in processes.items():
+        report.measure(f"{name}, idle", "MB").values.append(memory_mb(pid)[0])
+    if bench.on_cluster:
+        queue = workers.product_queue
+        await concurrent_runs(
+            bench.client, PRODUCT_WORKFLOW, REQUEST, runs=runs, task_queue=queue, tick=progress, what="runs"
+        )
+    else:
+        await _through_the_bridge(bench, workers.product_queue, runs, progress)
+    await concurrent_runs(
+        bench.baseline_client,
+        RAW_WORKFLOW,
+        recorded.scheduled,
+        runs=runs,
+        task_queue=workers.raw_queue,
+        tick=progress,
+        what="baseline runs",
+    )
+    for name, pid in processes.items():
+        report.measure(f"{name}, peak under load", "MB").values.append(memory_mb(pid)[1])
+    worker_peak = memory_mb(workers.product_pid)[1]
+    report.ratio("worker peak", target=WORKER_TARGET_MB, direction="at most", unit="MB").values.append(worker_peak)
+    baseline_peak = memory_mb(workers.raw_pid)[1]
+    report.ratio("worker peak / baseline worker peak").values.append(worker_peak / max(baseline_peak, 1e-9))
+
+
+async def bench_footprint(
+    *, runs: int = 100, repetitions: int = 3, progress: Progress = quiet, cluster: Settings | None = None
+) -> Report:
+    """The footprint benchmark on a fresh embedded stack of its own, or on the ``cluster`` those settings name; each
+    repetition with worker (and bridge) processes of its own."""
+    report = Report("footprint", {"runs": runs, "repetitions": repetitions, "on": on(cluster)})
+    async with bench_stack(cluster) as bench:
         progress("recording one real run", 0, 1)
         recorded = await record_real_run(bench)
         progress("recording one real run", 1, 1)
-        workers = await exits.enter_async_context(saga_workers(bench, recorded))
-        processes = {"worker": workers.product_pid}
-        if not bench.on_cluster:
-            processes["bridge"] = await _bridge(bench, workers, exits)
-        processes |= {**bench.pids, "baseline worker (SDK only)": workers.raw_pid}
-        await asyncio.sleep(SETTLE_SECONDS)
-        for name, pid in processes.items():
-            report.measure(f"{name}, idle", "MB").values.append(memory_mb(pid)[0])
-        if bench.on_cluster:
-            queue = workers.product_queue
-            await concurrent_runs(
-                bench.client, PRODUCT_WORKFLOW, REQUEST, runs=runs, task_queue=queue, tick=progress, what="runs"
-            )
-        else:
-            await _through_the_bridge(bench, workers.product_queue, runs, progress)
-        await concurrent_runs(
-            bench.baseline_client,
-            RAW_WORKFLOW,
-            recorded.scheduled,
-            runs=runs,
-            task_queue=workers.raw_queue,
-            tick=progress,
-            what="baseline runs",
-        )
-        for name, pid in processes.items():
-            report.measure(f"{name}, peak under load", "MB").values.append(memory_mb(pid)[1])
-        worker_peak = memory_mb(workers.product_pid)[1]
-        report.ratio("worker peak", target=WORKER_TARGET_MB, direction="at most", unit="MB").values.append(worker_peak)
-        baseline_peak = memory_mb(workers.raw_pid)[1]
-        report.ratio("worker peak / baseline worker peak").values.append(worker_peak / max(baseline_peak, 1e-9))
+        for repetition in range(1, repetitions + 1):
+            async with AsyncExitStack() as exits:
+                workers = await exits.enter_async_context(saga_workers(bench, recorded))
+                tick = _labelled(progress, repetition)
+                await _repetition(bench, recorded, workers, exits, report, runs=runs, progress=tick)
     started = "started by the client" if bench.on_cluster else "started by events through the bridge"
     report.notes.append(
         f"load: {runs} concurrent DevSecOpsPipelineWorkflow runs {started}, over no-op agents; the baseline worker "
         "ran as many raw runs"
     )
+    if bench.pids:
+        report.notes.append("the servers run through every repetition: their peak is their highest since they started")
     if bench.on_cluster:
         report.notes.append(
             "on a cluster, the bridge and the servers are not measured: the servers are not this machine's, and a "

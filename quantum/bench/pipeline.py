@@ -3,8 +3,9 @@
 Each run generates code, generates its tests and runs them in the sandbox with coverage and mutants, scans, plans
 and provisions a local directory, deploys a release on loopback, verifies it and sets up its monitoring. The suite
 reports each run's wall time and each stage's (from the run's history: an activity's scheduling to its completion),
-the median over single runs one after another, then the time per run at each concurrency: the single run is the
-baseline, and the first concurrency at which the time per run doubles is what one worker carries.
+the median over single runs one after another, then the time per run at each concurrency (in each repetition, the
+median of that many runs at once): the single run is the baseline, and the highest concurrency at which the median
+time per run is less than double is what one worker carries.
 """
 
 from __future__ import annotations
@@ -54,12 +55,18 @@ async def stage_seconds(client: Client, workflow_id: str) -> dict[str, float]:
 
 
 async def bench_pipeline(
-    *, runs: int = 3, concurrency: list[int] | None = None, progress: Progress = quiet, cluster: Settings | None = None
+    *,
+    runs: int = 3,
+    concurrency: list[int] | None = None,
+    repetitions: int = 2,
+    progress: Progress = quiet,
+    cluster: Settings | None = None,
 ) -> Report:
     """The pipeline benchmark on a fresh embedded stack of its own (or the ``cluster`` those settings name), the
     worker in this process."""
     levels = sorted(set(concurrency or [1, 2, 4, 8]) | {1})
-    report = Report("pipeline", {"runs": runs, "concurrency": levels, "provider": "offline", "on": on(cluster)})
+    parameters = {"runs": runs, "concurrency": levels, "repetitions": repetitions, "provider": "offline"}
+    report = Report("pipeline", {**parameters, "on": on(cluster)})
     async with bench_stack(cluster) as bench:
         agents = build_agents(bench.settings, nats_url=bench.nats_url)
         queue = f"bench-pipeline-{uuid.uuid4()}"
@@ -94,16 +101,16 @@ async def bench_pipeline(
                     "single run median", target=SINGLE_RUN_TARGET_SECONDS, direction="at most", unit="s"
                 ).values.append(single.median)
 
-                carried = 1
-                for level in levels:
-                    times = [t for t, _ in await asyncio.gather(*(one() for _ in range(level)))]
-                    per_run = statistics.median(times)
-                    report.measure(f"time per run, {level} concurrent", "s").values.append(per_run)
-                    ratio = per_run / single.median
-                    report.ratio(f"time per run, {level} concurrent / one at a time").values.append(ratio)
-                    if ratio < DOUBLED:
-                        carried = max(carried, level)
-                    progress("concurrency levels", levels.index(level) + 1, len(levels))
+                for repetition in range(1, repetitions + 1):
+                    for level in levels:
+                        times = [t for t, _ in await asyncio.gather(*(one() for _ in range(level)))]
+                        per_run = statistics.median(times)
+                        report.measure(f"time per run, {level} concurrent", "s").values.append(per_run)
+                        ratio = per_run / single.median
+                        report.ratio(f"time per run, {level} concurrent / one at a time").values.append(ratio)
+                        progress(f"{repetition}: concurrency levels", levels.index(level) + 1, len(levels))
+                ratios = {level: report.ratios[f"time per run, {level} concurrent / one at a time"] for level in levels}
+                carried = max((level for level, ratio in ratios.items() if ratio.median < DOUBLED), default=1)
                 report.measure("concurrent runs before the time per run doubles", "runs").values.append(carried)
                 if carried == levels[-1]:
                     report.notes.append(f"the time per run did not double at any concurrency tried (up to {carried})")

@@ -165,6 +165,9 @@ def bench_pipeline_command(
     concurrency: Annotated[
         list[int] | None, typer.Option(help="Concurrent runs to try (repeat the option); default 1 2 4 8.")
     ] = None,
+    repetitions: Annotated[
+        int, typer.Option(help="Repetitions of the concurrency levels; the table shows their median and range.", min=1)
+    ] = 2,
     json_file: JsonOption = None,
     cluster: Cluster = False,
 ) -> None:
@@ -172,16 +175,24 @@ def bench_pipeline_command(
     carries before the time per run doubles."""
     levels = sorted(set(concurrency or [1, 2, 4, 8]) | {1})
     settings = cluster_settings(cluster)
-    measure(lambda tick: bench_pipeline(runs=runs, concurrency=levels, progress=tick, cluster=settings), json_file)
+    measure(
+        lambda tick: bench_pipeline(
+            runs=runs, concurrency=levels, repetitions=repetitions, progress=tick, cluster=settings
+        ),
+        json_file,
+    )
 
 
 @bench_app.command("footprint")
 def bench_footprint_command(
     runs: Annotated[int, typer.Option(help="Concurrent saga runs for the loaded figures.", min=1)] = 100,
+    repetitions: Repetitions = 3,
     json_file: JsonOption = None,
     cluster: Cluster = False,
 ) -> None:
     """Resident memory of the worker, the bridge, the Temporal dev server and nats-server, idle and under load (on a
     cluster: the bench's workers only)."""
     settings = cluster_settings(cluster)
-    measure(lambda tick: bench_footprint(runs=runs, progress=tick, cluster=settings), json_file)
+    measure(
+        lambda tick: bench_footprint(runs=runs, repetitions=repetitions, progress=tick, cluster=settings), json_file
+    )

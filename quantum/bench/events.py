@@ -342,6 +342,9 @@ async def _repetition(
     share = f"{duplicates:.0%} duplicates"
     report.measure(f"publish-to-start p50, {share}", "ms").values.append(percentile(mixed, 50))
     report.measure(f"publish-to-start p99, {share}", "ms").values.append(percentile(mixed, 99))
+    report.ratio(f"publish-to-start p99, {share} / raw call p99").values.append(
+        percentile(mixed, 99) / max(percentile(raw_calls, 99), 1e-9)
+    )
     report.measure("duplicates recognised by the bridge", "copies").values.append(recognised)
     report.measure("duplicates published", "copies").values.append(copies)
     report.measure("runs started twice", "runs").values.append(

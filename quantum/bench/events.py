@@ -88,10 +88,8 @@ class _TimedBridge(Bridge):
         self.workflow_ids: list[str] = []
 
     async def _act(self, kind: EventType, event: CloudEvent, data: BaseModel) -> Outcome:
-        outcome = await super()._act(kind, event, data)
-        if outcome is Outcome.STARTED:
-            self.workflow_ids.append(workflow_id(kind, event.id))
-        return outcome
+        self.workflow_ids.append(workflow_id(kind, event.id))  # before the call: one that timed out may have started
+        return await super()._act(kind, event, data)
 
     async def handle(self, msg: Msg) -> Outcome:
         outcome = await super().handle(msg)
@@ -114,6 +112,7 @@ async def _publish(js: JetStreamContext, lane: _Lane, event: CloudEvent, *, dedu
 
 async def _raw_start(client: Client, task_queue: str, started: list[str]) -> None:
     run_id = f"bench-raw-{uuid.uuid4()}"
+    started.append(run_id)  # before the call: one that timed out may have started
     await client.start_workflow(
         "CodeGenerationWorkflow",
         REQUEST,
@@ -121,7 +120,6 @@ async def _raw_start(client: Client, task_queue: str, started: list[str]) -> Non
         task_queue=task_queue,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
     )
-    started.append(run_id)
 
 
 async def _raw_burst(client: Client, count: int, task_queue: str, concurrency: int, started: list[str]) -> float:
@@ -207,14 +205,15 @@ async def bench_events(
         "starts warms the server up first; the events travel on a stream of the bench's own, deleted after"
     )
     if bench.on_cluster:
-        report.notes.append(f"the {len(started)} runs the bench started were terminated at the end")
+        runs = len(set(started))
+        report.notes.append(f"the {runs} runs the bench started were terminated at the end")
     return report
 
 
 async def _terminate(client: Client, run_ids: list[str], progress: Progress) -> None:
     """Terminate the runs the bench started on a cluster (no worker polls their queues); one already gone is fine."""
     gate = asyncio.Semaphore(TERMINATE_CONCURRENCY)
-    done = 0
+    unique, done = list(dict.fromkeys(run_ids)), 0
 
     async def terminate(run_id: str) -> None:
         nonlocal done
@@ -225,9 +224,9 @@ async def _terminate(client: Client, run_ids: list[str], progress: Progress) -> 
                 if err.status is not RPCStatusCode.NOT_FOUND:
                     raise
         done += 1
-        progress("terminating the bench's runs", done, len(run_ids))
+        progress("terminating the bench's runs", done, len(unique))
 
-    await asyncio.gather(*(terminate(run_id) for run_id in run_ids))
+    await asyncio.gather(*(terminate(run_id) for run_id in unique))
 
 
 @dataclasses.dataclass

@@ -8,6 +8,7 @@ measured.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,12 @@ async def test_bench_saga_runs_the_same_agent_activities_on_both_sides() -> None
     # two announced as the run ends (its last stage's and its own) go out through one local activity
     assert "the baseline schedules 10 activities" in shape and "the product schedules 10 in" in shape
     assert "7 of its events ride on those activities, the rest go out through 1 local activity" in shape
+    # both sides call the agents' activities with the inputs of the real run: the same data, a little apart in
+    # encoding (pydantic's JSON and the SDK's)
+    baseline_bytes, product_bytes = (
+        int(size.replace(",", "")) for size in re.findall(r"([\d,]+) bytes of activity input", shape)
+    )
+    assert product_bytes > 1000 and 0.8 < baseline_bytes / product_bytes < 1.25, shape
     assert report.series["product worker peak resident"].median > report.series["baseline worker peak resident"].median
     assert ("2: product", 4, 4) in ticks and ("2: baseline", 4, 4) in ticks
 

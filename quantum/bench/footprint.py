@@ -110,7 +110,7 @@ async def _repetition(
     await concurrent_runs(
         bench.baseline_client,
         RAW_WORKFLOW,
-        recorded.scheduled,
+        recorded.calls,
         runs=runs,
         task_queue=workers.raw_queue,
         tick=progress,

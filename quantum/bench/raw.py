@@ -4,7 +4,11 @@ and no events, and the worker process that serves it with no-op activities.
 It imports nothing of the product, only the SDK and the standard library, so that the baseline is Temporal's own
 cost, and its worker's footprint is the SDK's own.
 
-    python -m quantum.bench.raw --temporal HOST:PORT --task-queue QUEUE --activities a,b,c
+    python -m quantum.bench.raw --temporal HOST:PORT --task-queue QUEUE --activities a,b,c [--results FILE]
+
+It runs the same activities as the product with the same data: each is called with the input the real run gave it,
+and returns what the real run returned (``--results``), so both sides move the same payloads and the difference is
+the orchestration's.
 """
 
 from __future__ import annotations
@@ -34,10 +38,12 @@ class AgentsOnly:
     """Runs each named activity in turn, as the saga would, and nothing else."""
 
     @workflow.run
-    async def run(self, activities: list[str]) -> int:
-        for name in activities:
-            await workflow.execute_activity(name, start_to_close_timeout=timedelta(seconds=60))
-        return len(activities)
+    async def run(self, calls: list[tuple[str, Any]]) -> int:
+        """``calls``: each activity's name and its input (None: called without one)."""
+        for name, arg in calls:
+            args = [] if arg is None else [arg]
+            await workflow.execute_activity(name, args=args, start_to_close_timeout=timedelta(seconds=60))
+        return len(calls)
 
 
 def noop(name: str, result: Any = None) -> Callable[..., Any]:
@@ -106,12 +112,13 @@ async def connect_raw(args: argparse.Namespace) -> Client:
 async def main(argv: Sequence[str] | None = None) -> None:
     parser = arguments(argv, "A worker for the saga benchmark's raw workflow, with no-op activities.")
     parser.add_argument("--activities", required=True, help="The activity names, comma-separated.")
+    parser.add_argument("--results", type=Path, help="What each activity returns (JSON: results by name).")
     args = parser.parse_args(argv)
     client = await connect_raw(args)
     names = [n for n in args.activities.split(",") if n]
-    worker = Worker(
-        client, task_queue=args.task_queue, workflows=[AgentsOnly], activities=[noop(n) for n in dict.fromkeys(names)]
-    )
+    results = json.loads(args.results.read_text())["results"] if args.results else {}
+    activities = [noop(n, results.get(n)) for n in dict.fromkeys(names)]
+    worker = Worker(client, task_queue=args.task_queue, workflows=[AgentsOnly], activities=activities)
     await serve(worker)
 
 

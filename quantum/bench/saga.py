@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,23 +52,26 @@ class BenchError(RuntimeError):
 
 
 class _Recorder(Interceptor):
-    """Keeps the first result of each activity type, as JSON."""
+    """Keeps the first input and the first result of each activity type, as JSON."""
 
     def __init__(self) -> None:
+        self.inputs: dict[str, Any] = {}
         self.results: dict[str, Any] = {}
 
     def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:  # noqa: A002
-        return _Recording(next, self.results)
+        return _Recording(next, self)
 
 
 class _Recording(ActivityInboundInterceptor):
-    def __init__(self, next: ActivityInboundInterceptor, results: dict[str, Any]) -> None:  # noqa: A002
+    def __init__(self, next: ActivityInboundInterceptor, recorder: _Recorder) -> None:  # noqa: A002
         super().__init__(next)
-        self.results = results
+        self.recorder = recorder
 
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:  # noqa: A002
+        name = activity.info().activity_type
+        self.recorder.inputs.setdefault(name, to_jsonable_python(input.args[0]) if input.args else None)
         result = await super().execute_activity(input)
-        self.results.setdefault(activity.info().activity_type, to_jsonable_python(result))
+        self.recorder.results.setdefault(name, to_jsonable_python(result))
         return result
 
 
@@ -80,6 +83,13 @@ class Recorded:
     names: list[str]
     scheduled: list[str]
     seconds: float
+    inputs: dict[str, Any] = field(default_factory=dict)
+    """The input each agent activity was first called with."""
+
+    @property
+    def calls(self) -> list[tuple[str, Any]]:
+        """The raw workflow's argument: each scheduled agent activity with the input the real run gave it."""
+        return [(name, self.inputs.get(name)) for name in self.scheduled]
 
     def write(self, path: Path) -> Path:
         path.write_text(json.dumps({"results": self.results, "names": self.names}))
@@ -97,6 +107,8 @@ class RunShape:
     events: int
     carried: int = 0
     """Outbound events carried by the activities it scheduled (``workflows.outbox``)."""
+    input_bytes: int = 0
+    """The size of the inputs of the activities it scheduled."""
 
 
 async def run_shape(client: Client, workflow_id: str) -> RunShape:
@@ -107,6 +119,7 @@ async def run_shape(client: Client, workflow_id: str) -> RunShape:
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             attributes = event.activity_task_scheduled_event_attributes
             shape.scheduled.append(attributes.activity_type.name)
+            shape.input_bytes += attributes.input.ByteSize()
             if EVENTS_HEADER in attributes.header.fields:
                 payload = attributes.header.fields[EVENTS_HEADER]
                 if client.data_converter.payload_codec is not None:  # a cluster's payload keys
@@ -148,6 +161,7 @@ async def record_real_run(bench: BenchStack) -> Recorded:
         names=[activity_name(fn) for fn in agents.activities()],
         scheduled=[name for name in scheduled if not name.startswith("events.publish")],
         seconds=time.perf_counter() - began,
+        inputs=dict(recorder.inputs),
     )
 
 
@@ -216,7 +230,14 @@ async def saga_workers(bench: BenchStack, recorded: Recorded) -> AsyncIterator[S
         "quantum.bench.agents", *common, "--task-queue", product_queue, "--results", str(results)
     )
     raw_argv = python_module(
-        "quantum.bench.raw", *common, "--task-queue", raw_queue, "--activities", ",".join(recorded.names)
+        "quantum.bench.raw",
+        *common,
+        "--task-queue",
+        raw_queue,
+        "--activities",
+        ",".join(recorded.names),
+        "--results",
+        str(results),
     )
     async with AsyncExitStack() as exits:
         given = bench.worker_settings
@@ -256,7 +277,7 @@ async def measure_saga(
         for who, label in measured_by
     }
     sides = {
-        "baseline": (RAW_WORKFLOW, recorded.scheduled, workers.raw_queue),
+        "baseline": (RAW_WORKFLOW, recorded.calls, workers.raw_queue),
         "product": (PRODUCT_WORKFLOW, REQUEST, workers.product_queue),
     }
     for repetition in range(1, repetitions + 1):
@@ -290,8 +311,9 @@ async def measure_saga(
     )
     report.notes.append(
         f"per run: the baseline schedules {len(raw_shape.scheduled)} activities in {raw_shape.workflow_tasks} "
-        f"workflow tasks ({raw_shape.events} history events); the product schedules {len(product_shape.scheduled)} in "
-        f"{product_shape.workflow_tasks} workflow tasks ({product_shape.events} history events); "
+        f"workflow tasks ({raw_shape.events} history events, {raw_shape.input_bytes:,} bytes of activity input); "
+        f"the product schedules {len(product_shape.scheduled)} in {product_shape.workflow_tasks} workflow tasks "
+        f"({product_shape.events} history events, {product_shape.input_bytes:,} bytes of activity input); "
         f"{product_shape.carried} of its events ride on those activities, the rest go out through "
         f"{product_shape.local_activities} local activit{'y' if product_shape.local_activities == 1 else 'ies'}"
     )

@@ -136,6 +136,12 @@ async def _drain(stream: asyncio.StreamReader | None, limit: int, *, keep_tail: 
     return bytes(kept), truncated
 
 
+GROUP_GUARD = ("/bin/sh", "-c", 'trap "kill -KILL 0" TERM; "$@" & wait "$!"', "group-guard")
+"""A shell that runs the command in the background and, told that its owner died (SIGTERM, its parent-death signal),
+kills its whole process group. A parent-death signal reaches only the child that armed it: bwrap's sandbox init,
+caught in its start-up when its parent is killed, never arms its own and waits for ever; in the group, it dies too."""
+
+
 async def run_bounded(
     argv: list[str],
     *,
@@ -144,6 +150,7 @@ async def run_bounded(
     cwd: Path | None = None,
     max_output: int = DEFAULT_OUTPUT_BYTES,
     keep_tail: bool = False,
+    guard_group: bool = False,
 ) -> Completed:
     """Run ``argv`` in a session of its own with a clean environment; kill its group on timeout or cancellation.
 
@@ -154,7 +161,11 @@ async def run_bounded(
         cwd: Its working directory.
         max_output: Bytes kept of each of stdout and stderr; the rest is read and dropped.
         keep_tail: Keep the last ``max_output`` bytes instead of the first.
+        guard_group: Run it under :data:`GROUP_GUARD`, so that everything of its group dies with this process, not
+            only the child itself (a process killed by a signal then exits with 128 + the signal's number).
     """
+    if guard_group:
+        argv = [*GROUP_GUARD, *argv]
     proc = await asyncio.create_subprocess_exec(
         *argv,
         cwd=str(cwd) if cwd else None,
@@ -163,7 +174,7 @@ async def run_bounded(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
-        preexec_fn=die_with_parent(),
+        preexec_fn=die_with_parent(signal.SIGTERM if guard_group else signal.SIGKILL),
     )
     reading = asyncio.gather(
         _drain(proc.stdout, max_output, keep_tail=keep_tail), _drain(proc.stderr, max_output, keep_tail=keep_tail)

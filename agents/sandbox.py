@@ -233,6 +233,7 @@ class Sandbox:
             cwd=workspace,
             max_output=MAX_OUTPUT_BYTES,
             keep_tail=True,
+            guard_group=True,
         )
         outcome = "timed_out" if done.timed_out else ("passed" if done.returncode == 0 else "failed")
         RUNS.labels(outcome, isolation).inc()

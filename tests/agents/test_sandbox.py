@@ -5,8 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
+import subprocess
 import sys
 import textwrap
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -199,3 +203,89 @@ async def test_without_bubblewrap_it_falls_back_to_unshare_and_says_so(tmp_path:
     assert result.isolation.startswith("unshare")
     seen = json.loads(result.stdout.strip().splitlines()[-1])
     assert seen["keys"] == [] and seen["net"] != "open"
+
+
+OWNER = """
+import asyncio, sys
+from agents.processes import run_bounded
+from agents.sandbox import Sandbox
+from pathlib import Path
+
+async def main(kind: str, command: list[str], workspace: str) -> None:
+    if kind == "sandbox":
+        await Sandbox().run(command, workspace=Path(workspace), timeout=300)
+    else:
+        await run_bounded(command, timeout=300, guard_group=kind == "guarded")
+
+asyncio.run(main(sys.argv[1], sys.argv[3:], sys.argv[2]))
+"""
+LEAVER = """
+import subprocess, sys, time
+grandchild = [sys.executable, "-c", "import time; time.sleep(300)", sys.argv[1] + "-grandchild"]
+subprocess.Popen(grandchild)  # arms no parent-death signal
+time.sleep(300)
+"""
+
+
+def _with(marker: str) -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and _cmdline_has(p, marker)]
+
+
+def _argv(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _owner(tmp_path: Path, kind: str, command: list[str]) -> subprocess.Popen[bytes]:
+    workspace = tmp_path / "ws"
+    workspace.mkdir(exist_ok=True)
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    return subprocess.Popen([sys.executable, "-c", OWNER, kind, str(workspace), *command], env=env, cwd=root)
+
+
+def _wait_for(check, seconds: float = 60) -> bool:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+@pytest.mark.parametrize("kind", ["guarded", "bare"])
+def test_what_a_run_leaves_in_its_group_dies_with_its_owner_when_guarded(tmp_path: Path, kind: str) -> None:
+    """A grandchild that arms no parent-death signal of its own (as bwrap's sandbox init, killed in its start-up,
+    does not) outlives an owner killed with SIGKILL, unless the run is guarded: then its whole group dies."""
+    marker = f"leftover-{uuid.uuid4()}"
+    grandchild = f"{marker}-grandchild"
+    owner = _owner(tmp_path, kind, [sys.executable, "-c", LEAVER, marker])
+    try:
+        assert _wait_for(lambda: bool(_with(grandchild))), "the run and its grandchild start"
+        owner.kill()
+        owner.wait()
+        gone = _wait_for(lambda: not _with(marker), seconds=20)
+        assert gone is (kind == "guarded"), [_with(marker), kind]
+    finally:
+        for pid in _with(marker):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_sandboxed_run_is_guarded_and_dies_with_its_owner(tmp_path: Path) -> None:
+    marker = f"sandboxed-{uuid.uuid4()}"
+    owner = _owner(tmp_path, "sandbox", [sys.executable, "-c", "import time; time.sleep(300)", marker])
+    try:
+        command = f"{sys.executable}\0-c\0import time; time.sleep(300)\0{marker}".encode()
+        assert _wait_for(lambda: any(_argv(pid).startswith(command) for pid in _with(marker))), "the command runs"
+        children = Path(f"/proc/{owner.pid}/task/{owner.pid}/children").read_text().split()
+        assert [Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0")[:3] for c in children] == [
+            [b"/bin/sh", b"-c", b'trap "kill -KILL 0" TERM; "$@" & wait "$!"']
+        ]
+        owner.kill()
+        owner.wait()
+        assert _wait_for(lambda: not _with(marker), seconds=20), _with(marker)
+    finally:
+        for pid in _with(marker):
+            os.kill(pid, signal.SIGKILL)

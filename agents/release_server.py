@@ -39,7 +39,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from agents.processes import die_with_parent
+from agents.processes import GROUP_GUARD, die_with_parent, signal_group
 from agents.sandbox import SANDBOX_PATH, Limits, PidsCgroup, Sandbox
 from agents.workspace import copy_files, remove_tree
 
@@ -110,7 +110,7 @@ class Service:
             ]
             env = {"PYTHONPATH": f"{inside}/src", "PYTHONUNBUFFERED": "1"}
             self.cgroup.create()
-            command = self.cgroup.wrap(sandbox.command(argv, workspace=self.root, env=env))
+            command = [*GROUP_GUARD, *self.cgroup.wrap(sandbox.command(argv, workspace=self.root, env=env))]
             with self.log.open("ab") as log:
                 self.proc = subprocess.Popen(  # noqa: S603 - the sandbox's command line, built by Sandbox
                     command,
@@ -120,14 +120,15 @@ class Service:
                     stderr=subprocess.STDOUT,
                     cwd=self.root,
                     env={"PATH": SANDBOX_PATH},
-                    preexec_fn=die_with_parent(signal.SIGKILL),
+                    start_new_session=True,  # the guard kills its own group, never this host's
+                    preexec_fn=die_with_parent(signal.SIGTERM),  # the guard's: it takes the whole group with it
                 )
         finally:
             listener.close()  # the sandbox holds it now; the host only connects
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()  # bwrap, whose sandboxed children die with it (--die-with-parent)
+            signal_group(self.proc.pid, signal.SIGKILL)  # the guard, bwrap and the sandbox's init
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(5)
         self.cgroup.destroy()  # and whatever escaped it

@@ -289,3 +289,48 @@ def test_a_sandboxed_run_is_guarded_and_dies_with_its_owner(tmp_path: Path) -> N
     finally:
         for pid in _with(marker):
             os.kill(pid, signal.SIGKILL)
+
+
+SERVICE_HOST = """
+import os, sys, time
+from pathlib import Path
+from agents.release_server import Service
+
+base = Path(sys.argv[1])
+os.chdir(base / "host")  # the socket is bound relative to the host's working directory, as the release host does
+service = Service(base / "root", base / "artifact", "svc", base / "host", base / "service.log")
+service.start()
+print("started", flush=True)
+time.sleep(300)
+"""
+SERVICE = """
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+def make_server(port, host):
+    return ThreadingHTTPServer((host, port), BaseHTTPRequestHandler)
+"""
+
+
+def test_a_released_service_dies_with_its_host(tmp_path: Path) -> None:
+    """The release host runs the service's sandbox under the guard: killed with SIGKILL, it takes all of it along."""
+    (tmp_path / "artifact" / "src").mkdir(parents=True)
+    (tmp_path / "artifact" / "src" / "svc.py").write_text(SERVICE)
+    (tmp_path / "host").mkdir()
+    root = Path(__file__).resolve().parents[2]
+    host = subprocess.Popen(
+        [sys.executable, "-c", SERVICE_HOST, str(tmp_path)],
+        env={**os.environ, "PYTHONPATH": str(root)},
+        stdout=subprocess.PIPE,
+    )
+    marker = str(tmp_path / "root")
+    try:
+        assert host.stdout is not None and host.stdout.readline() == b"started\n"
+        assert _wait_for(lambda: bool(_with("quantum_launcher.py"))), (tmp_path / "service.log").read_text()
+        children = Path(f"/proc/{host.pid}/task/{host.pid}/children").read_text().split()
+        assert [_argv(int(c)).split(b"\0")[:2] for c in children] == [[b"/bin/sh", b"-c"]]
+        host.kill()
+        host.wait()
+        assert _wait_for(lambda: not _with(marker), seconds=20), [_argv(p) for p in _with(marker)]
+    finally:
+        for pid in _with(marker):
+            os.kill(pid, signal.SIGKILL)

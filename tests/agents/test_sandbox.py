@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from agents.processes import GROUP_GUARD
 from agents.sandbox import Sandbox, SandboxResult
+from tests.stack.helpers import cmdline, processes_mentioning
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -227,17 +229,6 @@ time.sleep(300)
 """
 
 
-def _with(marker: str) -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit() and _cmdline_has(p, marker)]
-
-
-def _argv(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
 def _owner(tmp_path: Path, kind: str, command: list[str]) -> subprocess.Popen[bytes]:
     workspace = tmp_path / "ws"
     workspace.mkdir(exist_ok=True)
@@ -263,13 +254,13 @@ def test_what_a_run_leaves_in_its_group_dies_with_its_owner_when_guarded(tmp_pat
     grandchild = f"{marker}-grandchild"
     owner = _owner(tmp_path, kind, [sys.executable, "-c", LEAVER, marker])
     try:
-        assert _wait_for(lambda: bool(_with(grandchild))), "the run and its grandchild start"
+        assert _wait_for(lambda: bool(processes_mentioning(grandchild))), "the run and its grandchild start"
         owner.kill()
         owner.wait()
-        gone = _wait_for(lambda: not _with(marker), seconds=20)
-        assert gone is (kind == "guarded"), [_with(marker), kind]
+        gone = _wait_for(lambda: not processes_mentioning(marker), seconds=20)
+        assert gone is (kind == "guarded"), [processes_mentioning(marker), kind]
     finally:
-        for pid in _with(marker):
+        for pid in processes_mentioning(marker):
             os.kill(pid, signal.SIGKILL)
 
 
@@ -277,17 +268,15 @@ def test_a_sandboxed_run_is_guarded_and_dies_with_its_owner(tmp_path: Path) -> N
     marker = f"sandboxed-{uuid.uuid4()}"
     owner = _owner(tmp_path, "sandbox", [sys.executable, "-c", "import time; time.sleep(300)", marker])
     try:
-        command = f"{sys.executable}\0-c\0import time; time.sleep(300)\0{marker}".encode()
-        assert _wait_for(lambda: any(_argv(pid).startswith(command) for pid in _with(marker))), "the command runs"
+        command = [sys.executable, "-c", "import time; time.sleep(300)", marker]
+        assert _wait_for(lambda: command in [cmdline(pid) for pid in processes_mentioning(marker)]), "the command runs"
         children = Path(f"/proc/{owner.pid}/task/{owner.pid}/children").read_text().split()
-        assert [Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0")[:3] for c in children] == [
-            [b"/bin/sh", b"-c", b'trap "kill -KILL 0" TERM; "$@" & wait "$!"']
-        ]
+        assert [cmdline(int(c))[:3] for c in children] == [list(GROUP_GUARD[:3])]
         owner.kill()
         owner.wait()
-        assert _wait_for(lambda: not _with(marker), seconds=20), _with(marker)
+        assert _wait_for(lambda: not processes_mentioning(marker), seconds=20), processes_mentioning(marker)
     finally:
-        for pid in _with(marker):
+        for pid in processes_mentioning(marker):
             os.kill(pid, signal.SIGKILL)
 
 
@@ -325,12 +314,14 @@ def test_a_released_service_dies_with_its_host(tmp_path: Path) -> None:
     marker = str(tmp_path / "root")
     try:
         assert host.stdout is not None and host.stdout.readline() == b"started\n"
-        assert _wait_for(lambda: bool(_with("quantum_launcher.py"))), (tmp_path / "service.log").read_text()
+        launched = _wait_for(lambda: bool(processes_mentioning("quantum_launcher.py")))
+        assert launched, (tmp_path / "service.log").read_text()
         children = Path(f"/proc/{host.pid}/task/{host.pid}/children").read_text().split()
-        assert [_argv(int(c)).split(b"\0")[:2] for c in children] == [[b"/bin/sh", b"-c"]]
+        assert [cmdline(int(c))[:3] for c in children] == [list(GROUP_GUARD[:3])]
         host.kill()
         host.wait()
-        assert _wait_for(lambda: not _with(marker), seconds=20), [_argv(p) for p in _with(marker)]
+        gone = _wait_for(lambda: not processes_mentioning(marker), seconds=20)
+        assert gone, [cmdline(p) for p in processes_mentioning(marker)]
     finally:
-        for pid in _with(marker):
+        for pid in processes_mentioning(marker):
             os.kill(pid, signal.SIGKILL)

@@ -156,6 +156,12 @@ class Settings(BaseSettings):
         default=None, description="The bearer token `quantum codec-server` requires of the Web UI and the CLI."
     )
 
+    @field_validator("reviewer_keys", mode="before")
+    @classmethod
+    def _empty_means_no_keys(cls, value: object) -> object:
+        """``QUANTUM_REVIEWER_KEYS=`` configures no keys (an empty path would be the working directory)."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("reviewer_groups")
     @classmethod
     def _groups_within_bounds(cls, groups: dict[str, list[str]]) -> dict[str, list[str]]:

@@ -14,6 +14,7 @@ from temporalio.exceptions import TemporalError
 from temporalio.service import RPCError, RPCStatusCode
 
 from agents.errors import without_secrets
+from agents.reviewers import KeyFileError
 from quantum.cli.output import fail
 from quantum.codec import CodecError
 from quantum.metrics import MetricsError
@@ -92,6 +93,8 @@ def explain(err: BaseException, settings: Settings | None = None) -> str | None:
     """One line saying what happened, for the errors the services, files and settings raise; None for a bug."""
     if isinstance(err, CliError | StackError | MetricsError | CodecError):
         return str(err)
+    if isinstance(err, KeyFileError):
+        return f"QUANTUM_REVIEWER_KEYS: {err}"
     if isinstance(err, TemporalError):
         return explain_temporal(err, settings)
     if isinstance(err, nats.errors.Error):

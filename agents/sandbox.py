@@ -3,9 +3,18 @@
 bubblewrap when it is installed: every namespace unshared (no network), the system read-only, only the run's
 workspace writable (mounted at ``/workspace``), a cleared environment, uid 65534, all capabilities dropped, and
 ``prlimit`` caps on memory, CPU time, processes, open files and file size. Without bubblewrap, ``unshare`` gives a
-new user and network namespace with the same limits and a cleared environment, and the result says so. Generated
-code is never run with plain exec. A wall-clock timeout, or the cancellation of the caller, kills the whole process
-group, and the run's pids cgroup kills whatever escaped it; output is read with a bound.
+new user and network namespace with the same limits and a cleared environment, and the result says so; the rest of
+the file system is the worker's there. Generated code is never run with plain exec. A wall-clock timeout, or the
+cancellation of the caller, kills the whole process group, and the run's pids cgroup kills whatever escaped it;
+output is read with a bound.
+
+A tmpfs keeps its files in memory outside every process's address space, so the memory cap does not count them,
+and an unsized one may grow to half the host's memory. Of the tmpfs mounts bubblewrap makes, only ``/tmp`` and
+``/dev/shm`` are writable, each sized (``Limits.tmp_bytes``, ``Limits.shm_bytes``: writing past the size fails with
+ENOSPC); the sandbox's root and its ``/dev`` are remounted read-only. Under ``unshare``, ``/tmp`` and ``/dev/shm``
+are bounded the same way: fresh tmpfs mounts of those sizes in the sandbox's own mount namespace, with the workspace
+and the interpreter bound back at their paths when they lie under ``/tmp``. Memory in files of no mount (``memfd``)
+is bounded per file (``file_bytes``) and by the open files, not as a whole.
 """
 
 from __future__ import annotations
@@ -40,13 +49,26 @@ RUNS = Counter(
 )
 
 
+MIB = 1024 * 1024
+
+
 @dataclass(frozen=True)
 class Limits:
-    memory_bytes: int = 1024 * 1024 * 1024
+    """What one sandboxed run may use.
+
+    Its memory budget is ``memory_bytes`` (each process's address space) plus ``tmp_bytes`` and ``shm_bytes``: the
+    files in its ``/tmp`` and ``/dev/shm`` are memory too (tmpfs), and no address-space cap counts them.
+    """
+
+    memory_bytes: int = 1024 * MIB
     cpu_seconds: int = 120
     processes: int = 64
     open_files: int = 256
-    file_bytes: int = 64 * 1024 * 1024
+    file_bytes: int = 64 * MIB
+    tmp_bytes: int = 64 * MIB
+    """The size of the run's ``/tmp``: writing past it fails with ENOSPC."""
+    shm_bytes: int = 16 * MIB
+    """The size of the run's ``/dev/shm`` (POSIX shared memory and semaphores)."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +134,43 @@ class PidsCgroup:
             self.path.rmdir()
 
 
+UNSHARE_TMPFS = """set -e
+mount -t tmpfs -o "size=$1,mode=1777" tmpfs /dev/shm
+mkdir /dev/shm/.tmp
+mount -t tmpfs -o "size=$2,mode=1777" tmpfs /dev/shm/.tmp
+shift 2
+while [ "$1" != -- ]; do
+  mkdir -p "/dev/shm/.tmp${1#/tmp}"
+  mount --bind "$1" "/dev/shm/.tmp${1#/tmp}"
+  shift
+done
+shift
+mount --move /dev/shm/.tmp /tmp
+rmdir /dev/shm/.tmp
+exec "$@"
+"""
+"""Run by ``unshare`` in the sandbox's own mount namespace (as its root): ``sh -c UNSHARE_TMPFS name SHM_BYTES
+TMP_BYTES [PATH under /tmp ...] -- COMMAND...``. A sized tmpfs on ``/dev/shm``; the new ``/tmp`` is built in it
+(the paths bound at their places) and moved onto ``/tmp``, then the command runs. Any failure stops the run."""
+
+
+def interpreter_prefixes() -> list[Path]:
+    """Where this interpreter and its environment live; the sandbox needs them to run Python."""
+    prefixes = {sys.prefix, sys.base_prefix, str(Path(sys.executable).resolve().parents[1])}
+    return sorted(Path(prefix) for prefix in prefixes)
+
+
+def kept_under_tmp(paths: list[Path]) -> list[str]:
+    """Those of ``paths`` strictly under ``/tmp`` that a fresh ``/tmp`` would hide, without those inside another."""
+    tmp = Path("/tmp")
+    under = sorted({p.resolve() for p in paths if p.resolve() != tmp and p.resolve().is_relative_to(tmp)})
+    kept: list[Path] = []
+    for path in under:
+        if not any(path.is_relative_to(outer) for outer in kept):
+            kept.append(path)
+    return [str(path) for path in kept]
+
+
 class SandboxUnavailable(RuntimeError):
     """Neither bubblewrap nor unshare can isolate code on this machine."""
 
@@ -166,11 +225,11 @@ class Sandbox:
         for key, value in env.items():
             argv += ["--setenv", key, value]
         # mounts apply in order: the fresh /tmp first, so an interpreter or venv under /tmp is still bound
-        argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+        argv += ["--proc", "/proc", "--dev", "/dev", *self._bwrap_tmpfs_argv()]
         for path in ("/usr", "/bin", "/lib", "/lib64", "/lib32", "/etc/alternatives", "/etc/ssl"):
             argv += ["--ro-bind-try", path, path]
-        for prefix in sorted({sys.prefix, sys.base_prefix, str(Path(sys.executable).resolve().parents[1])}):
-            argv += ["--ro-bind-try", prefix, prefix]
+        for prefix in interpreter_prefixes():
+            argv += ["--ro-bind-try", str(prefix), str(prefix)]
         argv += [
             "--bind",
             str(workspace),
@@ -178,7 +237,21 @@ class Sandbox:
             "--chdir",
             SANDBOX_MOUNT,
         ]
-        return argv
+        # bwrap's root and /dev are unsized tmpfs mounts: read-only (each alone: the mounts on them stay as they are)
+        return [*argv, "--remount-ro", "/dev", "--remount-ro", "/"]
+
+    def _bwrap_tmpfs_argv(self) -> list[str]:
+        """A ``/tmp`` and a ``/dev/shm`` of their own, each a tmpfs sized by the limits (``--size`` needs bwrap 0.5)."""
+        return [
+            "--size",
+            str(self.limits.tmp_bytes),
+            "--tmpfs",
+            "/tmp",
+            "--size",
+            str(self.limits.shm_bytes),
+            "--tmpfs",
+            "/dev/shm",
+        ]
 
     def _unshare_argv(self, workspace: Path, env: dict[str, str]) -> list[str]:
         return [
@@ -192,6 +265,14 @@ class Sandbox:
             "--pid",
             "--fork",
             "--mount-proc",
+            "/bin/sh",
+            "-c",
+            UNSHARE_TMPFS,
+            "sandbox-tmpfs",
+            str(self.limits.shm_bytes),
+            str(self.limits.tmp_bytes),
+            *kept_under_tmp([workspace, *interpreter_prefixes()]),
+            "--",
         ]
 
     def workdir(self, workspace: Path) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,10 +42,13 @@ def protected(tmp_path: Path) -> Path:
     return place
 
 
-async def run_script(workspace: Path, script: str, *, timeout: float = 60) -> tuple[SandboxResult, dict]:
+async def run_script(
+    workspace: Path, script: str, *, timeout: float = 60, sandbox: Sandbox | None = None
+) -> tuple[SandboxResult, dict]:
     workspace.mkdir(exist_ok=True)
     (workspace / "hostile.py").write_text(textwrap.dedent(script))
-    result = await Sandbox().run([sys.executable, "hostile.py"], workspace=workspace, timeout=timeout)
+    sandbox = sandbox or Sandbox()
+    result = await sandbox.run([sys.executable, "hostile.py"], workspace=workspace, timeout=timeout)
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     return result, json.loads(lines[-1]) if lines else {}
 
@@ -163,6 +168,78 @@ async def test_a_4_gib_allocation_is_refused(tmp_path: Path) -> None:
         """,
     )
     assert seen == {"outcome": "MemoryError"}
+
+
+MIB = 1024 * 1024
+FILL = """
+import errno, json, os, time
+place, chunk, written, refused = {place!r}, b"\\1" * (16 * 1024 * 1024), 0, None
+try:
+    os.mkdir(place)
+    for i in range(96):  # 1.5 GiB, a file per 16 MiB: the per-file size cap alone does not bound it
+        fd = os.open(f"{{place}}/fill-{{i}}", os.O_WRONLY | os.O_CREAT)
+        view = memoryview(chunk)
+        while view:
+            done = os.write(fd, view)
+            written, view = written + done, view[done:]
+        os.close(fd)
+except OSError as err:
+    refused = errno.errorcode[err.errno]
+print(json.dumps({{"written": written, "refused": refused}}), flush=True)
+time.sleep(1)  # holds what it wrote while the test watches the host's shared memory
+"""
+FILL_BOUNDS = {"/tmp": 64 * MIB, "/dev/shm": 16 * MIB, "/dev": 0, "/": 0}
+"""What the default sandbox lets a run write into each place: its sized /tmp and /dev/shm, a read-only /dev and /."""
+SHMEM_SLACK = 48 * MIB
+"""What else on the host may take shared memory during a run (the sandbox's own start, other processes)."""
+
+
+def shmem_bytes() -> int:
+    """The host's shared memory (tmpfs pages among it) from ``/proc/meminfo``."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("Shmem:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no Shmem in /proc/meminfo")
+
+
+async def fill_and_watch(workspace: Path, place: str, sandbox: Sandbox) -> tuple[SandboxResult, dict, int]:
+    """Run hostile code filling ``place`` in ``sandbox``; what it says and the host's peak Shmem growth meanwhile."""
+    before = peak = shmem_bytes()
+    watching = asyncio.Event()
+
+    async def watch() -> None:
+        nonlocal peak
+        while not watching.is_set():
+            peak = max(peak, shmem_bytes())
+            await asyncio.sleep(0.01)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        result, seen = await run_script(workspace, FILL.format(place=place), timeout=90, sandbox=sandbox)
+    finally:
+        watching.set()
+        await watcher
+    return result, seen, peak - before
+
+
+@pytest.mark.parametrize(
+    ("isolation", "target"), [*[("bwrap", t) for t in FILL_BOUNDS], ("unshare", "/tmp"), ("unshare", "/dev/shm")]
+)
+async def test_filling_tmp_and_shared_memory_meets_their_bound(tmp_path: Path, isolation: str, target: str) -> None:
+    """Writing 1.5 GiB into a tmpfs is refused at its size (ENOSPC), or at once where it is read-only; those pages
+    are outside the address-space cap, so the host's shared memory must not grow by more than the bound either."""
+    place = f"{target.rstrip('/')}/quantum-fill-{uuid.uuid4().hex}"
+    sandbox = Sandbox(bwrap="") if isolation == "unshare" else Sandbox()
+    try:
+        result, seen, grown = await fill_and_watch(tmp_path / "ws", place, sandbox)
+    finally:
+        shutil.rmtree(place, ignore_errors=True)  # only ever there if the run wrote to the host's own directory
+    assert result.isolation.startswith(isolation), result.isolation
+    assert result.returncode == 0, result.stderr
+    bound = FILL_BOUNDS[target]
+    assert seen["written"] <= bound, f"{seen['written'] / MIB:.0f} MiB written into {target}, bound {bound / MIB:.0f}"
+    assert grown <= bound + SHMEM_SLACK, f"the host's Shmem grew by {grown / MIB:.0f} MiB"
+    assert seen["refused"] in {"ENOSPC", "EROFS"}, seen
 
 
 async def test_an_endless_loop_is_killed_at_the_timeout(tmp_path: Path) -> None:

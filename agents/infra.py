@@ -31,6 +31,13 @@ result says so). Trash older than ``TRASH_RETENTION_SECONDS`` is purged by a lat
 
 Runs from before the state store (no journal) are compensated as before, by their owner marks (a
 ``.quantum-owner`` file, a stream's description).
+
+**Subjects.** A project's streams stay in its own subject space, ``qinfra.<project>`` in dev and
+``qinfra.<project>.<environment>`` elsewhere (:func:`subject_scope`): a stream without ``subjects`` takes
+``<scope>.<name>.>``, and explicit subjects must be the scope itself or lie under it, with no wildcard in its tokens
+(``qinfra.>`` would take every project's messages, and NATS would then refuse every other project's stream). The
+plan also refuses subjects that overlap those of a stream already on the server, naming that stream and its owner,
+and subjects that overlap each other within the request, rather than leaving NATS to refuse them while provisioning.
 """
 
 from __future__ import annotations
@@ -49,10 +56,10 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import nats
-from nats.js.api import KeyValueConfig, StorageType, StreamConfig
+from nats.js.api import KeyValueConfig, StorageType, StreamConfig, StreamInfo, StreamsListIterator
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 from prometheus_client import Counter
@@ -89,6 +96,9 @@ TRASH_RETENTION_SECONDS = 35 * 24 * 3600
 """Longer than a run can wait at its gates before its compensation may still need what it deleted."""
 DEFAULT_LOCK_TIMEOUT = 60.0
 _ENVIRONMENT = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+SUBJECT_ROOT = "qinfra"
+MAX_SUBJECT_CHARS = 200
+_SUBJECT_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
 _REPLACED_BY = {"stream": ("storage",), "kv": ("storage",)}
 
 RESOURCES = Counter("quantum_agent_infra_resources_total", "Resources created or destroyed", ["kind", "action"])
@@ -118,6 +128,53 @@ def _bus_name(project: str, name: str, environment: str) -> str:
 
 def owner_mark(run_id: str) -> str:
     return f"quantum run {run_id}"
+
+
+def subject_scope(project: str, environment: str = "dev") -> str:
+    """The subject space of ``project``'s streams in ``environment``: ``qinfra.<project>`` in dev (as before
+    environments counted), ``qinfra.<project>.<environment>`` elsewhere."""
+    return f"{SUBJECT_ROOT}.{project}" if environment == "dev" else f"{SUBJECT_ROOT}.{project}.{environment}"
+
+
+def subject_outside_scope(subject: str, scope: str) -> str | None:
+    """Why ``subject`` may not be a subject of a stream in ``scope``, or None when it is ``scope`` or lies under it.
+
+    Its tokens are plain (ASCII letters, digits, ``_``, ``-``), a ``*`` alone, or a ``>`` alone as the last; the
+    tokens of ``scope`` open it literally, since a wildcard there would reach other projects' subjects.
+    """
+    if not subject or len(subject) > MAX_SUBJECT_CHARS:
+        return f"must have 1 to {MAX_SUBJECT_CHARS} characters"
+    tokens = subject.split(".")
+    for index, token in enumerate(tokens):
+        if not token:
+            return "has an empty token (a leading, trailing or doubled '.')"
+        if token == ">" and index < len(tokens) - 1:
+            return "has '>' before its last token"
+        if token not in ("*", ">") and not _SUBJECT_TOKEN.fullmatch(token):
+            return f"has the token {token[:40]!r}: letters, digits, '_' and '-', or '*' or a last '>' alone"
+    head = scope.split(".")
+    if tokens[: len(head)] != head:
+        return f"lies outside the project's subjects: it must be {scope!r} or begin with {scope + '.'!r}"
+    return None
+
+
+def subjects_overlap(first: str, second: str) -> bool:
+    """Whether some subject matches both patterns (NATS: ``*`` matches one token, a last ``>`` one or more)."""
+    a, b = first.split("."), second.split(".")
+    for index in range(max(len(a), len(b))):
+        x = a[index] if index < len(a) else None
+        y = b[index] if index < len(b) else None
+        if x == ">" or y == ">":
+            return x is not None and y is not None
+        if x is None or y is None:
+            return False
+        if x != y and "*" not in (x, y):
+            return False
+    return True
+
+
+def _first_overlap(ours: list[str], theirs: list[str]) -> tuple[str, str] | None:
+    return next(((a, b) for a in ours for b in theirs if subjects_overlap(a, b)), None)
 
 
 def project_dir(root: Path, project: str, environment: str = "dev") -> Path:
@@ -397,6 +454,7 @@ class InfraAgent:
         mark = owner_mark(inp.run_id)
         async with self._locked(inp.project, inp.environment, inp.run_id) as ctx, self._jetstream() as js:
             records = ctx.state.resources
+            await self._check_subjects(js, inp, records)
             for name in order:
                 spec = by_name[name]
                 if spec.from_project is not None:
@@ -453,6 +511,45 @@ class InfraAgent:
             state_serial=serial,
         )
 
+    async def _check_subjects(self, js: JetStreamContext, inp: PlanInfraInput, records: dict[str, Record]) -> None:
+        """Refuse the request's streams whose subjects lie outside the project's scope, overlap each other, or
+        overlap those of a stream already on the server (other than the one each stream is)."""
+        _refuse_outside_scope(inp.project, inp.environment, inp.resources)
+        scope = subject_scope(inp.project, inp.environment)
+        wanted: dict[str, tuple[str, list[str]]] = {}
+        for spec in inp.resources:
+            if spec.kind != "stream" or spec.from_project is not None:
+                continue
+            rec = records.get(spec.name)
+            address = rec.address if rec is not None and rec.kind == "stream" else None
+            address = address or self._address(inp.project, inp.environment, spec)
+            wanted[spec.name] = (address, spec.subjects or [f"{scope}.{spec.name}.>"])
+        _refuse_overlaps_within(wanted)
+        if not wanted:
+            return
+        ours = {address for address, _ in wanted.values()}
+        for info in await _all_streams(js):
+            name = info.config.name or ""
+            if name in ours:
+                continue
+            for resource, (_, subjects) in wanted.items():
+                clash = _first_overlap(subjects, info.config.subjects or [])
+                if clash is not None:
+                    raise failure(
+                        INVALID_REQUEST,
+                        f"stream {resource}: its subject {clash[0]!r} overlaps {clash[1]!r} of the existing stream "
+                        f"{name} ({self._stream_owner(name, info.config.description)}): NATS would refuse it",
+                    )
+
+    def _stream_owner(self, name: str, description: str | None) -> str:
+        """Who owns the stream ``name``: the project whose state records it, and the mark in its description."""
+        mark = f"marked {description[:120]!r}" if description else "no owner mark"
+        for path in sorted((self.root / STATE_DIR).glob(f"*/*/{STATE_FILE}")):
+            state = State.model_validate_json(path.read_text(encoding="utf-8"))
+            if any(r.kind == "stream" and r.address == name for r in state.resources.values()):
+                return f"project {state.project} in {state.environment}, {mark}"
+        return mark
+
     def _reference(self, spec: ResourceSpec, environment: str) -> str:
         """``project/name address`` of a resource another project declares; refused when it has no such one."""
         project = spec.from_project or ""
@@ -480,6 +577,7 @@ class InfraAgent:
     async def provision(self, plan: InfraPlan) -> ProvisionResult:
         """Apply the plan in its order, recording each change; a retry skips what is done."""
         specs = {spec.name: spec for spec in plan.resources}
+        _refuse_outside_scope(plan.project, plan.environment, plan.resources)
         async with self._locked(plan.project, plan.environment, plan.run_id) as ctx, self._jetstream() as js:
             journal_path = ctx.journal_path()
             journal = (
@@ -654,8 +752,7 @@ class InfraAgent:
         subjects: list[str] = rec.spec.get("subjects") or []
         if subjects:
             return subjects
-        scope = ctx.project if ctx.environment == "dev" else f"{ctx.project}.{ctx.environment}"
-        return [f"qinfra.{scope}.{rec.name}.>"]
+        return [f"{subject_scope(ctx.project, ctx.environment)}.{rec.name}.>"]
 
     async def _add_stream(self, js: JetStreamContext, ctx: _Context, rec: Record, mark: str) -> None:
         config = StreamConfig(
@@ -813,6 +910,41 @@ class InfraAgent:
 
     def activities(self) -> list[Callable[..., Any]]:
         return [self.plan, self.provision, self.destroy, self.declared]
+
+
+def _refuse_outside_scope(project: str, environment: str, specs: list[ResourceSpec]) -> None:
+    """Refuse a stream of ``specs`` with a subject outside the subject space of ``project`` in ``environment``."""
+    scope = subject_scope(project, environment)
+    for spec in specs:
+        if spec.kind != "stream" or spec.from_project is not None:
+            continue
+        for index, subject in enumerate(spec.subjects):
+            problem = subject_outside_scope(subject, scope)
+            if problem:
+                raise failure(INVALID_REQUEST, f"stream {spec.name}: subjects[{index}] {subject[:80]!r} {problem}")
+
+
+def _refuse_overlaps_within(wanted: dict[str, tuple[str, list[str]]]) -> None:
+    """Refuse two streams of one request (name: address, subjects) whose subjects overlap."""
+    names = list(wanted)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            clash = _first_overlap(wanted[first][1], wanted[second][1])
+            if clash is not None:
+                raise failure(
+                    INVALID_REQUEST,
+                    f"streams {first} and {second} of this request overlap: {clash[0]!r} and {clash[1]!r}",
+                )
+
+
+async def _all_streams(js: JetStreamContext) -> list[StreamInfo]:
+    """Every stream on the server, page after page (one listing holds a page of them)."""
+    streams: list[StreamInfo] = []
+    while True:
+        page = cast(StreamsListIterator, await js.streams_info_iterator(offset=len(streams)))
+        streams.extend(page)
+        if len(streams) >= page.total or not page.streams:
+            return streams
 
 
 def _risks(change: PlannedChange, spec: ResourceSpec) -> Iterator[str]:

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import uuid
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,18 @@ from nats.js.client import JetStreamContext
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from agents.infra import STATE_DIR, InfraAgent, Record, _Context, kv_bucket_name, stream_name
+from agents.infra import (
+    STATE_DIR,
+    InfraAgent,
+    Record,
+    _Context,
+    kv_bucket_name,
+    owner_mark,
+    stream_name,
+    subjects_overlap,
+)
 from agents.models import InfraPlan, PlanInfraInput, ResourceSpec, RunRef
+from tests.conftest import nats_server
 
 env = ActivityEnvironment()
 
@@ -292,3 +303,206 @@ async def test_ports_are_never_shared_and_environments_are_apart(tmp_path: Path,
         if r.port is not None
     ]
     assert len(ports) == 7 and len(set(ports)) == 7
+
+
+# --- subjects: each project's streams stay in its own subject space ----------------------------------------------
+
+
+async def refusal(work: Awaitable[Any]) -> ApplicationError | None:
+    """The failure ``work`` ends with, None when it succeeds."""
+    try:
+        await work
+    except ApplicationError as err:
+        return err
+    return None
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[str]:
+    """A ``nats-server -js`` of this test's own: a bus where no project has a stream yet."""
+    with nats_server(tmp_path / "nats") as url:
+        yield url
+
+
+async def delete_streams(nats_url: str, *names: str) -> None:
+    async with jetstream(nats_url) as js:
+        for name in names:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await js.delete_stream(name)
+
+
+async def test_a_squatter_on_every_projects_subjects_is_refused_and_blocks_no_one(
+    tmp_path: Path, own_nats: str
+) -> None:
+    """``qinfra.>`` would take every project's messages, and NATS would refuse every other project's stream."""
+    nats_url = own_nats
+    agent = InfraAgent(tmp_path / "infra", nats_url)
+    squatter, victim = project(), project()
+    try:
+        refused = await refusal(apply(agent, rid(), squatter, spec("stream", "all", subjects=["qinfra.>"])))
+        await apply(agent, rid(), victim, spec("stream", "events"))  # before the bound: "subjects overlap"
+        assert refused is not None, "the squatter's stream was provisioned"
+        assert refused.type == "InvalidRequest" and refused.non_retryable
+        assert "stream all: subjects[0] 'qinfra.>'" in refused.message
+        assert f"'qinfra.{squatter}.'" in refused.message  # where it may go
+        assert await stream_info(nats_url, stream_name(squatter, "all")) is None
+        assert agent.load_state(squatter, "dev").resources == {}
+        events = await stream_info(nats_url, stream_name(victim, "events"))
+        assert events.config.subjects == [f"qinfra.{victim}.events.>"]
+    finally:
+        await delete_streams(nats_url, stream_name(squatter, "all"), stream_name(victim, "events"))
+
+
+def outside(proj: str) -> list[str]:
+    """Subjects a stream of ``proj`` in dev may not take: another's, wildcards over the scope, malformed ones."""
+    return [
+        "qinfra.>",
+        "qinfra.*",
+        "qinfra.*.x",
+        "qinfra.*.>",
+        ">",
+        "*",
+        "*.>",
+        "*.*.x",
+        "$JS.API.>",
+        "quantum.>",
+        f"qinfra.other{proj}.x",
+        f"qinfra.{proj}x.y",  # begins with the scope's characters, not its tokens
+        f"qinfra.{proj[:-1]}",
+        f"QINFRA.{proj}.x",
+        f"x.qinfra.{proj}.y",
+        f".qinfra.{proj}.x",
+        f"qinfra..{proj}.x",
+        f"qinfra.{proj}..x",
+        f"qinfra.{proj}.",
+        f"qinfra.{proj}.>.x",
+        f"qinfra.{proj}.x>",
+        f"qinfra.{proj}.a*",
+        f"qinfra.{proj}.a b",
+        f" qinfra.{proj}.x",
+        f"qinfra.{proj}.x ",
+        f"qinfra.{proj}.x\n",
+        f"qinfra.{proj}.x\t.y",
+        f"qinfra.{proj}.\u00e9",
+        f"qinfra.{proj}.x\u200b",
+        "",
+        f"qinfra.{proj}." + "a" * 300,
+    ]
+
+
+async def test_subjects_outside_the_projects_scope_are_refused_at_plan(tmp_path: Path, nats_url: str) -> None:
+    agent = InfraAgent(tmp_path / "infra", nats_url)
+    proj = project()
+    accepted = []
+    for subject in outside(proj):
+        err = await refusal(plan(agent, rid(), proj, spec("stream", "s", subjects=[f"qinfra.{proj}.ok", subject])))
+        if err is None or err.type != "InvalidRequest" or "stream s: subjects[1]" not in err.message:
+            accepted.append((subject, err and err.message))
+    assert accepted == []
+    # another environment's scope is its own: qinfra.<project>.<environment>
+    staging = await refusal(
+        plan(agent, rid(), proj, spec("stream", "s", subjects=[f"qinfra.{proj}.x"]), environment="staging")
+    )
+    assert staging is not None and f"'qinfra.{proj}.staging.'" in staging.message
+    assert not list((tmp_path / "infra").glob(f"{STATE_DIR}/*/*/runs/*"))  # nothing applied
+
+
+async def test_a_plan_made_elsewhere_with_a_subject_outside_the_scope_is_refused_at_provision(
+    tmp_path: Path, own_nats: str
+) -> None:
+    nats_url = own_nats
+    agent = InfraAgent(tmp_path / "infra", nats_url)
+    proj = project()
+    made = await plan(agent, rid(), proj, spec("stream", "all"))
+    forged = made.model_copy(update={"resources": [spec("stream", "all", subjects=["qinfra.>"])]})
+    err = await refusal(env.run(agent.provision, forged))
+    assert err is not None and err.type == "InvalidRequest" and "'qinfra.>'" in err.message
+    assert await stream_info(nats_url, stream_name(proj, "all")) is None
+
+
+async def test_a_projects_own_explicit_subjects_provision_and_change(tmp_path: Path, nats_url: str) -> None:
+    agent = InfraAgent(tmp_path / "infra", nats_url)
+    proj = project()
+    name = stream_name(proj, "orders")
+    try:
+        await apply(
+            agent, rid(), proj, spec("stream", "orders", subjects=[f"qinfra.{proj}", f"qinfra.{proj}.orders.*"])
+        )
+        assert sorted((await stream_info(nats_url, name)).config.subjects) == [
+            f"qinfra.{proj}",
+            f"qinfra.{proj}.orders.*",
+        ]
+        async with jetstream(nats_url) as js:
+            assert (await js.publish(f"qinfra.{proj}.orders.new", b"{}")).stream == name
+        # its own stream is no overlap: the subjects widen in place
+        made = await apply(agent, rid(), proj, spec("stream", "orders", subjects=[f"qinfra.{proj}.>"]))
+        assert [c.action for c in made.changes] == ["update"]
+        assert (await stream_info(nats_url, name)).config.subjects == [f"qinfra.{proj}.>"]
+    finally:
+        await delete_streams(nats_url, name)
+
+
+async def test_an_overlap_with_an_existing_stream_is_reported_at_plan_naming_it_and_its_owner(
+    tmp_path: Path, own_nats: str
+) -> None:
+    nats_url = own_nats
+    agent = InfraAgent(tmp_path / "infra", nats_url)
+    squatter, victim, proj = project(), project(), project()
+    squatted, squatter_run = stream_name(squatter, "all"), rid()
+    everything = stream_name(proj, "everything")
+    try:
+        # a stream on every project's subjects, as one was provisioned before subjects were bounded
+        async with jetstream(nats_url) as js:
+            await js.add_stream(name=squatted, subjects=["qinfra.>"], description=owner_mark(squatter_run))
+        err = await refusal(plan(agent, rid(), victim, spec("directory", "d"), spec("stream", "events")))
+        assert err is not None, "the plan did not see the overlap"
+        assert err.type == "InvalidRequest" and err.non_retryable
+        assert f"'qinfra.{victim}.events.>' overlaps 'qinfra.>'" in err.message
+        assert squatted in err.message and owner_mark(squatter_run) in err.message
+        await delete_streams(nats_url, squatted)
+
+        # the whole dev scope of a project overlaps its streams in other environments: named with their project
+        dev_run = rid()
+        await apply(agent, dev_run, proj, spec("stream", "everything", subjects=[f"qinfra.{proj}.>"]))
+        err = await refusal(plan(agent, rid(), proj, spec("stream", "jobs"), environment="staging"))
+        assert err is not None, "the plan did not see the overlap"
+        assert f"'qinfra.{proj}.staging.jobs.>' overlaps 'qinfra.{proj}.>'" in err.message
+        assert everything in err.message and f"project {proj} in dev" in err.message
+        assert owner_mark(dev_run) in err.message
+    finally:
+        await delete_streams(nats_url, squatted, everything)
+
+
+async def test_streams_of_one_request_that_overlap_are_refused_at_plan(tmp_path: Path, nats_url: str) -> None:
+    agent = InfraAgent(tmp_path / "infra", nats_url)
+    proj = project()
+    both = (spec("stream", "a", subjects=[f"qinfra.{proj}.x.>"]), spec("stream", "b", subjects=[f"qinfra.{proj}.*.y"]))
+    err = await refusal(plan(agent, rid(), proj, *both))
+    assert err is not None and err.type == "InvalidRequest"
+    assert "streams a and b of this request overlap" in err.message
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "overlap"),
+    [
+        ("a.b", "a.b", True),
+        ("a.b", "a.c", False),
+        ("a.*", "a.b", True),
+        ("a.*", "a.b.c", False),
+        ("a.>", "a", False),
+        ("a.>", "a.b.c", True),
+        ("a.>", "a.*", True),
+        (">", "a", True),
+        ("*.>", "a", False),
+        ("*.>", "a.b", True),
+        ("a.*.c", "a.b.>", True),
+        ("a.*.c", "a.b.d", False),
+        ("*.b", "a.*", True),
+        ("qinfra.>", "qinfra.p.events.>", True),
+        ("qinfra.p.>", "qinfra.q.>", False),
+        ("qinfra.p", "qinfra.p.>", False),
+    ],
+)
+def test_subject_overlap_follows_nats_wildcards(first: str, second: str, overlap: bool) -> None:
+    assert subjects_overlap(first, second) is overlap
+    assert subjects_overlap(second, first) is overlap

@@ -5,19 +5,22 @@ cannot run Python codecs. They send the payloads they show to a codec server (``
 ``/encode`` for what they send, such as a signal's input), with a JSON body ``{"payloads": [...]}`` of payloads in
 the protobuf JSON form, and expect the same shape back. Whoever reaches this server reads every payload, so it asks
 for a bearer token (``QUANTUM_CODEC_SERVER_TOKEN``), listens on loopback unless told otherwise, and answers the
-browser's CORS preflight only for the Web UI's origin.
+browser's CORS preflight only for the Web UI's origin. Its connections are bounded in number and in time
+(``quantum.cli.codec_connections``): clients that never finish a request hold no thread.
 """
 
 from __future__ import annotations
 
 import hmac
+import io
 import ipaddress
 import json
 import logging
 import socket
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -26,6 +29,7 @@ from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload, Payloads
 
 from quantum.cli.apps import app
+from quantum.cli.codec_connections import MAX_BODY_BYTES, ConnectionLimits, Reception, content_length, quick_answer
 from quantum.cli.connect import load_settings
 from quantum.cli.errors import USAGE
 from quantum.cli.output import fail, say
@@ -35,8 +39,6 @@ from quantum.views import plain
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8081
-MAX_BODY_BYTES = 4 * 1024 * 1024
-"""The largest request body taken; Temporal's own limit on one payload is 2 MiB."""
 MAX_DISCARD_BYTES = 16 * 1024 * 1024
 """How much of a refused request's body is read and dropped, so that the client, still sending, gets the answer
 instead of a reset connection; a larger body is cut off."""
@@ -45,7 +47,7 @@ ALLOWED_HEADERS = "Authorization, Content-Type, X-Namespace"
 """What the Web UI sends: its access token, the JSON body's type, and the namespace the payloads come from."""
 
 
-class CodecHTTPServer(ThreadingHTTPServer):
+class CodecHTTPServer(HTTPServer):
     """The codec behind ``POST .../encode`` and ``POST .../decode``.
 
     Args:
@@ -54,31 +56,75 @@ class CodecHTTPServer(ThreadingHTTPServer):
         token: The bearer token every POST must carry; None serves without one (the command allows that on loopback
             only).
         origins: The browser origins (``scheme://host:port``) allowed to call it, the Web UI's.
+        limits: How many connections it holds at once, with how many threads, and for how long.
     """
 
-    daemon_threads = True
+    request_queue_size = 128  # connections the kernel holds before they are accepted
 
     def __init__(
-        self, address: tuple[str, int], *, codec: EncryptionCodec, token: str | None, origins: Iterable[str]
+        self,
+        address: tuple[str, int],
+        *,
+        codec: EncryptionCodec,
+        token: str | None,
+        origins: Iterable[str],
+        limits: ConnectionLimits | None = None,
     ) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.codec = codec
         self.token = token
         self.origins = frozenset(origins)
-        super().__init__(address, CodecHandler)
+        self.limits = limits or ConnectionLimits()
+        super().__init__(address, BaseHTTPRequestHandler)  # unused: _respond makes each CodecHandler
+        self._answering = ThreadPoolExecutor(self.limits.workers, thread_name_prefix="codec-answer")
+        self.reception = Reception(self._dispatch, self.limits)
 
     @property
     def url(self) -> str:
         host, port = str(self.server_address[0]), self.server_address[1]
         return f"http://[{host}]:{port}" if self.address_family == socket.AF_INET6 else f"http://{host}:{port}"
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Hand a new connection to the reception, or answer 503 when it holds as many as it may."""
+        if not self.reception.admit(request, client_address):
+            quick_answer(request, HTTPStatus.SERVICE_UNAVAILABLE, "too many connections: try again shortly")
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.reception.stop()
+        self._answering.shutdown(wait=False, cancel_futures=True)
+
+    def _dispatch(self, sock: socket.socket, client_address: Any, request: bytes) -> None:
+        self._answering.submit(self._respond, sock, client_address, request)
+
+    def _respond(self, sock: socket.socket, client_address: Any, request: bytes) -> None:
+        """Answer one whole request on a thread of the pool, then give the connection back to the reception."""
+        unread = 0
+        try:
+            unread = CodecHandler(sock, client_address, self, request=request).unread
+        except Exception:  # a client gone mid-answer, or a bug: the connection is closed either way
+            log.debug("answering %s failed", client_address, exc_info=True)
+        self.reception.finished(sock, len(request), unread=unread)
+
 
 class CodecHandler(BaseHTTPRequestHandler):
+    """One request, read whole beforehand by the reception: ``request`` holds its bytes."""
+
     server: CodecHTTPServer
     server_version = "quantum-codec"
     sys_version = ""
-    timeout = 30  # a client that stops sending half-way frees its thread
+
+    def __init__(self, sock: socket.socket, client_address: Any, server: CodecHTTPServer, *, request: bytes) -> None:
+        self._request = request
+        self.unread = 0
+        """How much of a refused body is still to come: the reception reads and drops it after the answer."""
+        super().__init__(sock, client_address, server)
+
+    def setup(self) -> None:
+        self.connection = self.request
+        self.rfile = io.BytesIO(self._request)
+        self.wfile = self.connection.makefile("wb")
 
     def do_OPTIONS(self) -> None:  # noqa: N802 - the name http.server dispatches to
         """The browser's CORS preflight: answered for the configured origins only, and never asks for the token."""
@@ -109,20 +155,31 @@ class CodecHandler(BaseHTTPRequestHandler):
         if not self._authorized():
             self._refuse(HTTPStatus.UNAUTHORIZED, "a valid 'Authorization: Bearer <token>' header is required")
             return
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            self._refuse(HTTPStatus.LENGTH_REQUIRED, "the body's Content-Length is required")
+        length = self._content_length()
+        if length is None:
             return
-        if int(length) > MAX_BODY_BYTES:
+        if length > MAX_BODY_BYTES:
             self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the body is over {MAX_BODY_BYTES} bytes")
             return
         try:
-            payloads = parse_payloads(self.rfile.read(int(length)))
+            payloads = parse_payloads(self.rfile.read(length))
             answer = [operation(payload) for payload in payloads]
         except (ValueError, CodecError) as err:  # CodecError names key ids only
             self._answer(HTTPStatus.BAD_REQUEST, {"error": str(err)})
             return
         self._answer(HTTPStatus.OK, {"payloads": [json_format.MessageToDict(payload) for payload in answer]})
+
+    def _content_length(self) -> int | None:
+        """The body's length: one ``Content-Length`` of 1 to 10 ASCII digits; None once refused otherwise."""
+        values = self.headers.get_all("Content-Length") or []
+        if not values:
+            self._refuse(HTTPStatus.LENGTH_REQUIRED, "the body's Content-Length is required")
+            return None
+        length = content_length(values)
+        if length is None:
+            shown = ", ".join(repr(value)[:40] for value in values[:3])
+            self._refuse(HTTPStatus.BAD_REQUEST, f"Content-Length must be one number of bytes in ASCII digits: {shown}")
+        return length
 
     def _operation(self) -> Callable[[Payload], Payload] | None:
         """What the path asks for: ``.../encode`` or ``.../decode`` (behind any prefix a proxy adds), else None."""
@@ -154,28 +211,21 @@ class CodecHandler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _refuse(self, status: HTTPStatus, message: str) -> None:
-        """Answer before the body is read, then read and drop it (up to a bound), so that the answer reaches the
-        client instead of a reset connection."""
+        """Answer before the body is read; what of the body (up to a bound) is still to come is read and dropped
+        after the answer (:attr:`unread`), so that it reaches the client instead of a reset connection."""
         self.close_connection = True
         self._answer(status, {"error": message})
-        self.wfile.flush()
-        length = self.headers.get("Content-Length", "")
-        left = min(int(length), MAX_DISCARD_BYTES) if length.isdigit() else 0
-        try:
-            while left > 0:
-                chunk = self.rfile.read(min(left, 64 * 1024))
-                if not chunk:
-                    break
-                left -= len(chunk)
-        except OSError:  # the client gave up: nothing more to answer
-            pass
+        left = min(content_length(self.headers.get_all("Content-Length") or []) or 0, MAX_DISCARD_BYTES)
+        self.unread = left - len(self.rfile.read(left))
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
         log.debug("%s %s", self.address_string(), format % args)
 
 
 def parse_payloads(body: bytes) -> list[Payload]:
-    """The payloads of a body ``{"payloads": [...]}`` in the protobuf JSON form.
+    """The payloads of a body ``{"payloads": [...]}`` in the protobuf JSON form, where an empty list may also be
+    left out: ``{}`` is how protobuf JSON writes no payloads (the ``temporal`` CLI sends it for a query without
+    arguments).
 
     Raises:
         ValueError: The body is not such JSON; the message says what is wrong.
@@ -184,6 +234,8 @@ def parse_payloads(body: bytes) -> list[Payload]:
         document = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise ValueError(f'the body is not JSON {{"payloads": [...]}}: {err}') from None
+    if isinstance(document, dict) and document.keys() <= {"payloads"} and document.get("payloads") is None:
+        return []  # {} or {"payloads": null}: protobuf JSON's forms of no payloads
     if not isinstance(document, dict) or not isinstance(document.get("payloads"), list):
         raise ValueError('the body is not JSON {"payloads": [...]}')
     try:

@@ -8,9 +8,12 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +22,7 @@ from temporalio.api.common.v1 import Payload
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from quantum.cli.codec import MAX_BODY_BYTES, CodecHTTPServer
+from quantum.cli.codec_connections import ConnectionLimits
 from quantum.codec import ENCODING, EncryptionCodec, Keyring
 from tests.cli.support import QUANTUM, one_line_error
 from tests.conftest import free_port
@@ -27,6 +31,7 @@ from .support import keys_json, new_key
 
 TOKEN = "codec-token-0123456789abcdef"
 UI = "http://localhost:8233"
+TEMPORAL = Path(sys.executable).parent / "temporal"
 SECRET = {"prompt": "a slugify helper", "comment": "ship it after the audit"}
 
 
@@ -36,8 +41,8 @@ def codec() -> EncryptionCodec:
 
 
 @contextlib.contextmanager
-def serving(codec: EncryptionCodec, token: str | None) -> Iterator[CodecHTTPServer]:
-    with CodecHTTPServer(("127.0.0.1", 0), codec=codec, token=token, origins=[UI]) as served:
+def serving(codec: EncryptionCodec, token: str | None, **options: Any) -> Iterator[CodecHTTPServer]:
+    with CodecHTTPServer(("127.0.0.1", 0), codec=codec, token=token, origins=[UI], **options) as served:
         thread = threading.Thread(target=served.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         thread.start()
         yield served
@@ -208,6 +213,141 @@ def test_a_malformed_body_is_refused_with_400(server: CodecHTTPServer, body: byt
     status, _, answer = call(server, "POST", "/decode", body, bearer())
     assert status == 400
     assert problem in answer["error"]
+
+
+def raw_exchange(server: CodecHTTPServer, request: bytes, *, timeout: float = 15) -> tuple[int, Any]:
+    """Send ``request`` as written (bytes no client library would send) and read the answer: status and JSON."""
+    with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=timeout) as sock:
+        sock.sendall(request)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        data = response.read()
+        return response.status, json.loads(data) if data else None
+
+
+def post_head(length: bytes, *extra: bytes) -> bytes:
+    """The head of a decode request with the token and this ``Content-Length``."""
+    lines = [b"POST /decode HTTP/1.1", b"Host: x", b"Authorization: Bearer " + TOKEN.encode()]
+    return b"\r\n".join([*lines, b"Content-Length: " + length, *extra]) + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "length",
+    [b"\xb2", b"\xb9\xb2", b"-1", b"1e3", b"0x10", b"12345678901", b"+2", b"2 2"],
+    ids=["superscript-two", "superscripts", "negative", "exponent", "hex", "eleven-digits", "plus", "two-numbers"],
+)
+def test_a_content_length_not_in_ascii_digits_is_refused_with_400_and_the_server_serves_on(
+    server: CodecHTTPServer, length: bytes
+) -> None:
+    """``²`` passes ``str.isdigit`` and fails ``int``: it once crashed the handler and answered nothing."""
+    status, answer = raw_exchange(server, post_head(length) + b"{}")
+    assert status == 400
+    assert "Content-Length" in answer["error"] and "ASCII digits" in answer["error"]
+    assert call(server, "POST", "/decode", b'{"payloads": []}', bearer())[0] == 200
+
+
+def test_two_content_lengths_are_refused(server: CodecHTTPServer) -> None:
+    status, answer = raw_exchange(server, post_head(b"2", b"Content-Length: 2") + b"{}")
+    assert status == 400 and "Content-Length" in answer["error"]
+
+
+@pytest.mark.parametrize("body", [b"{}", b'{"payloads": []}', b'{"payloads": null}'], ids=["empty", "list", "null"])
+@pytest.mark.parametrize("path", ["/encode", "/decode"])
+def test_no_payloads_in_protobuf_json_are_an_empty_list(server: CodecHTTPServer, path: str, body: bytes) -> None:
+    """Protobuf JSON leaves an empty repeated field out: an empty ``Payloads`` is ``{}``, which the stock
+    ``temporal`` CLI sends for a query without arguments."""
+    status, _, answer = call(server, "POST", path, body, bearer())
+    assert (status, answer) == (200, {"payloads": []})
+
+
+def test_the_temporal_cli_queries_through_the_codec_server(server: CodecHTTPServer, temporal_address: str) -> None:
+    """``temporal workflow query`` first encodes its (no) arguments: ``POST /encode`` with ``{}``. Refused, the
+    query never reached Temporal; taken, Temporal answers it (here: no such run)."""
+    workflow_id = f"no-such-run-{uuid.uuid4()}"
+    done = subprocess.run(
+        [str(TEMPORAL), "workflow", "query", "--workflow-id", workflow_id, "--name", "status"]
+        + ["--address", temporal_address, "--codec-endpoint", server.url, "--codec-auth", f"Bearer {TOKEN}"]
+        + ["--command-timeout", "20s"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert f"workflow not found for ID: {workflow_id}" in done.stderr, done.stderr
+
+
+HALF_SENT = 300
+
+
+def test_half_sent_requests_hold_no_thread_and_others_are_answered_meanwhile(server: CodecHTTPServer) -> None:
+    """Each connection once had a thread: 300 requests announcing a body that never comes held 300 threads."""
+    before = threading.active_count()
+    hanging = []
+    try:
+        for _ in range(HALF_SENT):
+            sock = socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=10)
+            hanging.append(sock)
+            sock.sendall(post_head(b"1000000"))
+        time.sleep(0.5)
+        assert threading.active_count() - before <= 2
+        body = json.dumps(clear_payloads(SECRET)).encode()
+        status, _, answer = call(server, "POST", "/encode", body, bearer())
+        assert status == 200 and len(answer["payloads"]) == 1
+        assert threading.active_count() - before <= server.limits.workers + 1
+        for sock in hanging:  # still waiting for their bodies: nothing was answered or closed
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                sock.recv(1)
+    finally:
+        for sock in hanging:
+            sock.close()
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [b"POST /decode HTTP/1.1\r\nHost: x\r\n", post_head(b"100") + b'{"payloads": ['],
+    ids=["head", "body"],
+)
+def test_a_request_that_stops_arriving_is_answered_408_within_seconds(server: CodecHTTPServer, sent: bytes) -> None:
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=20) as sock:
+        sock.sendall(sent)
+        answer = sock.makefile("rb").read()
+    waited = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.0 408"), answer[:200]
+    assert server.limits.idle_seconds - 0.5 <= waited <= server.limits.idle_seconds + 3
+
+
+def test_a_body_arriving_slowly_but_steadily_is_answered(server: CodecHTTPServer) -> None:
+    body = json.dumps(clear_payloads(SECRET)).encode()
+    with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=20) as sock:
+        sock.sendall(post_head(str(len(body)).encode()))
+        for start in range(0, len(body), len(body) // 3 + 1):
+            time.sleep(0.3)
+            sock.sendall(body[start : start + len(body) // 3 + 1])
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert response.status == 200
+        assert values_of(json.loads(response.read())) == [SECRET]
+
+
+def test_beyond_its_connections_the_server_answers_503_at_once_then_serves_again(codec: EncryptionCodec) -> None:
+    with serving(codec, TOKEN, limits=ConnectionLimits(max_connections=3)) as server:
+        hanging = [socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=10) for _ in range(3)]
+        try:
+            time.sleep(0.2)
+            started = time.monotonic()
+            status, answer = raw_exchange(server, post_head(b"2") + b"{}")
+            assert status == 503 and "too many connections" in answer["error"]
+            assert time.monotonic() - started < 2
+        finally:
+            for sock in hanging:
+                sock.close()
+        deadline = time.monotonic() + 5
+        while call(server, "POST", "/decode", b"{}", bearer())[0] != 200:
+            assert time.monotonic() < deadline, "the closed connections were never released"
+            time.sleep(0.1)
 
 
 def test_a_payload_under_an_unknown_key_is_refused_naming_its_id(server: CodecHTTPServer) -> None:

@@ -489,7 +489,7 @@ class Bridge:
             return await self._dead_letter(msg, reason, final=True), "unparsed"
         event_type = "unparsed"
         try:
-            event = parse_envelope(msg.data, max_bytes=self.config.max_event_bytes)
+            event = parse_envelope(msg.data, max_bytes=self.config.max_event_bytes, headers=msg.headers)
             event_type = event.type if event.type in INBOUND else "unknown"  # a bounded set of metric labels
             if event.type in INBOUND:
                 check_subject(event, msg.subject, self.config.subject_prefix)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from hypothesis import example, given
@@ -399,3 +400,50 @@ def test_valid_events_round_trip(event: tuple[str, dict[str, Any]]) -> None:
     again = CloudEvent.model_validate(body).to_bytes()
     kind_again, data_again = parse_inbound(again, subject_for(event_type))
     assert kind_again is kind and data_again == data
+
+
+# --- binary mode: the attributes in ce- headers, the data in the body ------------------------------------------------
+
+HEADER_SAFE = "".join(chr(code) for code in range(0x21, 0x7F) if chr(code) not in '"%')
+"""What the NATS binding leaves as it is in a header value; everything else is percent-encoded."""
+
+
+def in_binary_mode(body: dict[str, Any]) -> tuple[dict[str, str], bytes]:
+    """A structured event's body as the headers and body of the same event in binary mode."""
+    headers = {f"ce-{name}": quote(str(value), safe=HEADER_SAFE) for name, value in body.items() if name != "data"}
+    return headers, encoded(body["data"])
+
+
+@given(event=inbound_events())
+def test_an_event_in_binary_mode_is_the_event_in_structured_mode(event: tuple[str, dict[str, Any]]) -> None:
+    event_type, body = event
+    headers, data = in_binary_mode(body)
+    binary = parse_envelope(data, max_bytes=MAX_BYTES, headers=headers)
+    assert binary == parse_envelope(encoded(body), max_bytes=MAX_BYTES)
+    check_subject(binary, subject_for(event_type))
+
+
+header_names = st.sampled_from(
+    ["ce-specversion", "ce-id", "ce-source", "ce-type", "ce-time", "ce-datacontenttype", "CE-ID", "Ce-Type"]
+    + ["ce-data", "ce-", "ce-x_y", "Content-Type", "Nats-Msg-Id"]
+) | st.text(max_size=24).map(lambda name: f"ce-{name}")
+header_values = st.sampled_from(["1.0", "quantum.pipeline.requested", "application/json", "x" * 5000]) | st.text(
+    max_size=60
+)
+
+
+@given(
+    headers=st.dictionaries(header_names, header_values, max_size=8),
+    raw=st.binary(max_size=512) | st.just(b'{"project": "p", "prompt": "a slugify helper", "requested_by": "a"}'),
+    subject=st.sampled_from(INBOUND_SUBJECTS),
+)
+def test_any_ce_headers_give_an_event_or_a_refusal_with_a_reason(
+    headers: dict[str, str], raw: bytes, subject: str
+) -> None:
+    try:
+        event = parse_envelope(raw, max_bytes=MAX_BYTES, headers=headers)
+        if event.type in INBOUND:
+            check_subject(event, subject)
+        inbound_data(event)
+    except EventError as err:
+        assert err.reason.strip() and len(err.reason) <= MAX_REASON_CHARS

@@ -42,6 +42,9 @@ class ReviewerKeys(BaseModel):
     keys: dict[str, str] = Field(default_factory=dict, description="Reviewer name -> base64 raw Ed25519 key.")
     groups: dict[str, list[str]] = Field(default_factory=dict, description="Group name -> its members' names.")
     defaults: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Gate -> its default rule.")
+    max_validity_seconds: float = Field(
+        default=0.0, description="How far past the gate's clock a signed review may expire (0: no bound)."
+    )
 
 
 class KeyFileError(ValueError):
@@ -162,15 +165,23 @@ class ReviewerKeysAgent:
         *,
         groups: dict[str, list[str]] | None = None,
         defaults: dict[str, dict[str, Any]] | None = None,
+        max_validity_seconds: float = 0.0,
     ) -> None:
         self._keys = None if path is None else load_public_keys(path)
         self._groups = check_groups(dict(groups or {}))
         self._defaults = dict(defaults or {})
+        self._max_validity_seconds = max_validity_seconds
 
     @activity.defn(name="reviews.keys")
     async def keys(self) -> ReviewerKeys:
         keys = {} if self._keys is None else {name: base64.b64encode(raw).decode() for name, raw in self._keys.items()}
-        return ReviewerKeys(configured=self._keys is not None, keys=keys, groups=self._groups, defaults=self._defaults)
+        return ReviewerKeys(
+            configured=self._keys is not None,
+            keys=keys,
+            groups=self._groups,
+            defaults=self._defaults,
+            max_validity_seconds=self._max_validity_seconds,
+        )
 
     def activities(self) -> list[Callable[..., Any]]:
         return [self.keys]

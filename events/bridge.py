@@ -34,9 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -58,6 +56,13 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from events.catalog import INBOUND, CancelRequested, EventType, ReviewSubmitted, inbound_data, workflow_id
+from events.dead_letters import (
+    PARTIAL_HEADER,
+    REASON_HEADER,
+    dead_letter_copy,
+    header_value,
+    reason_kind,
+)
 from events.envelope import (
     DLQ_SUBJECT,
     SUBJECT_PREFIX,
@@ -72,19 +77,6 @@ from events.streams import EVENTS_STREAM
 
 log = logging.getLogger(__name__)
 
-REASON_HEADER = "Quantum-Dlq-Reason"
-ORIGINAL_SUBJECT_HEADER = "Quantum-Original-Subject"
-ORIGINAL_SEQUENCE_HEADER = "Quantum-Original-Sequence"
-ORIGINAL_STREAM_HEADER = "Quantum-Original-Stream"
-ORIGINAL_SIZE_HEADER = "Quantum-Original-Size"
-ORIGINAL_DIGEST_HEADER = "Quantum-Original-Sha256"
-PARTIAL_HEADER = "Quantum-Dlq-Partial"
-"""Present when the dead letter's body is only the start of the original (which then stays in its stream)."""
-
-MAX_HEADER_CHARS = 1000
-"""The longest header value the bridge writes, in characters once made safe."""
-EXCERPT_BYTES = 4096
-"""How much of an original too large to copy whole a dead letter keeps."""
 _REMEMBERED = 10_000  # messages whose failures the bridge remembers at once; the oldest are forgotten first
 
 EVENTS = Counter("quantum_bridge_events_total", "Inbound events by type and outcome", ["type", "outcome"])
@@ -99,16 +91,6 @@ LAG = Gauge("quantum_bridge_lag_seconds", "Age of the oldest inbound event not y
 PENDING = Gauge("quantum_bridge_pending_events", "Inbound events not yet acknowledged (waiting or in flight)")
 LAG_INTERVAL_SECONDS = 5.0
 FETCH_RETRY_SECONDS = 1.0
-_REASON_KIND = re.compile(r"^([A-Z][A-Za-z]{2,40})\b")
-
-
-def reason_kind(reason: str) -> str:
-    """The kind a dead letter's reason starts with (``ReviewRefused``, ``MalformedEvent``...): a bounded metric
-    label, never the reason's text."""
-    found = _REASON_KIND.match(reason)
-    return found.group(1) if found else "Other"
-
-
 # Temporal answers these when it cannot take the call now; anything else is about the call itself
 TRANSIENT = {
     RPCStatusCode.UNAVAILABLE,
@@ -189,89 +171,6 @@ class DeadLetter(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-def header_value(text: str, limit: int = MAX_HEADER_CHARS) -> str:
-    """``text`` made safe as a NATS header value: control characters escaped, at most ``limit`` characters.
-
-    A CR or LF in a header value would end the header (or the whole header block) early and let the rest be read
-    as headers of its own; other control characters (and lone surrogates, which cannot be encoded) are escaped too.
-    Longer text is cut and ends with ``...``.
-
-    Args:
-        text: Any text, possibly from an event or from another system's error message.
-        limit: The most characters the value may have.
-
-    Returns:
-        Printable text without leading or trailing spaces, ``limit`` characters at most.
-    """
-    head = text[: limit + 1]
-    safe = "".join(ch if ch == " " or ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in head)
-    safe = safe.strip()
-    if len(safe) > limit or len(text) > len(head):
-        safe = safe[: max(0, limit - 3)].rstrip() + "..."
-    return safe
-
-
-def wire_size(payload: bytes, headers: dict[str, str] | None) -> int:
-    """The size NATS counts against ``max_payload`` for a message: its header block plus its body.
-
-    Args:
-        payload: The body.
-        headers: The headers, written as the client writes them (``NATS/1.0``, one ``Name: value`` line each).
-
-    Returns:
-        The bytes of the header block and the body together.
-    """
-    if not headers:
-        return len(payload)
-    block = len(b"NATS/1.0\r\n") + 2
-    for name, value in headers.items():
-        block += len(name.strip().encode()) + 2 + len(value.strip().encode(errors="surrogatepass")) + 2
-    return block + len(payload)
-
-
-def dead_letter_copy(
-    data: bytes, *, subject: str, stream: str, sequence: int, reason: str, max_payload: int
-) -> tuple[bytes, dict[str, str]]:
-    """The body and headers of the dead letter of one message, never larger than ``max_payload``.
-
-    Args:
-        data: The original message's bytes.
-        subject: The subject it arrived on.
-        stream: The stream that holds it.
-        sequence: Its sequence in that stream.
-        reason: Why it is dead-lettered (made safe here).
-        max_payload: The server's limit on one message, headers included.
-
-    Returns:
-        The original bytes and the headers naming the reason and the original; or, when those do not fit in one
-        message, the first bytes of the original with :data:`PARTIAL_HEADER` and the original's size and digest.
-
-    Raises:
-        ValueError: Not even the headers fit (a server limit of a few KiB).
-    """
-    headers = {
-        REASON_HEADER: header_value(reason),
-        ORIGINAL_SUBJECT_HEADER: header_value(subject),
-        ORIGINAL_STREAM_HEADER: header_value(stream),
-        ORIGINAL_SEQUENCE_HEADER: str(sequence),
-        ORIGINAL_SIZE_HEADER: str(len(data)),
-        "Nats-Msg-Id": header_value(f"dlq-{stream}-{sequence}"),
-    }
-    if wire_size(data, headers) <= max_payload:
-        return data, headers
-    headers[ORIGINAL_DIGEST_HEADER] = hashlib.sha256(data).hexdigest()
-    headers[PARTIAL_HEADER] = f"the body is the first {EXCERPT_BYTES} bytes at most of {len(data)}"
-    room = max_payload - wire_size(b"", headers)
-    if room < 0:
-        headers[REASON_HEADER] = header_value(reason, 200)
-        room = max_payload - wire_size(b"", headers)
-        if room < 0:
-            raise ValueError(f"a dead letter's headers alone are over the server's max_payload of {max_payload}")
-    excerpt = data[: min(EXCERPT_BYTES, room)]
-    headers[PARTIAL_HEADER] = f"the body is the first {len(excerpt)} of {len(data)} bytes"
-    return excerpt, headers
 
 
 class _Failures:

@@ -93,6 +93,10 @@ class ReviewRequested(_NamesReviewers):
     reason: str
     required_approvals: int = 1
     timeout_seconds: float
+    digest: str | None = Field(default=None, description="The sha256 of what the gate asks about.")
+    challenge: str | None = Field(
+        default=None, description="What a signed review of this gate opening must sign (see docs/security.md)."
+    )
 
 
 class ReviewReminder(_NamesReviewers):

@@ -18,7 +18,7 @@ Error tree (``EventError.reason`` is what the dead-letter header carries)::
     └── EventTooLarge       the payload is over the configured size
 
 Reasons are built from the event's own text in places (a field's name, a validator's message): whoever puts a
-reason into a header or a log line makes it safe there (``events.bridge.header_value``).
+reason into a header or a log line makes it safe there (``events.dead_letters.header_value``).
 """
 
 from __future__ import annotations

@@ -53,6 +53,7 @@ MAX_DIGEST_CHARS = 128
 MAX_SIGNATURE_CHARS = 200
 MAX_NONCE_CHARS = 128
 MAX_EXPIRY_CHARS = 64
+MAX_CHALLENGE_CHARS = 64
 MAX_GATE_TIMEOUT_SECONDS = 30 * 24 * 60 * 60
 MAX_STREAM_BYTES = 1024**4
 RESERVED_SUBJECT_PREFIXES = ("quantum.", "$", "_INBOX.", "*.", ">.")
@@ -643,6 +644,9 @@ class ReviewDecision(BaseModel):
     signature: str | None = Field(default=None, description="Ed25519 over the canonical form, base64.")
     nonce: str | None = Field(default=None, description="Unique per signed review: a replay is refused.")
     expires_at: str | None = Field(default=None, description="ISO 8601 with a time zone: refused after it.")
+    challenge: str | None = Field(
+        default=None, description="The challenge the gate issued when it opened (its status names it), as signed."
+    )
 
     def problem(self) -> str | None:
         """Why this review cannot be taken whoever sent it (a missing name, a field over its bound), or None."""
@@ -673,6 +677,7 @@ _REVIEW_EXTRAS = {
     "signature": MAX_SIGNATURE_CHARS,
     "nonce": MAX_NONCE_CHARS,
     "expires_at": MAX_EXPIRY_CHARS,
+    "challenge": MAX_CHALLENGE_CHARS,
 }
 
 
@@ -695,6 +700,9 @@ class ReviewInput(BaseModel):
     expires_at: Annotated[str, StringConstraints(min_length=1, max_length=MAX_EXPIRY_CHARS)] | None = Field(
         default=None, description="ISO 8601 with a time zone; the review is refused after it."
     )
+    challenge: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32,64}$")] | None = Field(
+        default=None, description="The challenge the gate issued when it opened, where the run issues one."
+    )
 
     def decision(self) -> ReviewDecision:
         return ReviewDecision(
@@ -706,4 +714,5 @@ class ReviewInput(BaseModel):
             signature=self.signature,
             nonce=self.nonce,
             expires_at=self.expires_at,
+            challenge=self.challenge,
         )

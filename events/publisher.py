@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from events.bridge import wire_size
 from events.catalog import OUTBOUND
 from events.connection import LazyConnection
+from events.dead_letters import wire_size
 from events.envelope import describe, new_event
 
 SOURCE = "quantum-suite"

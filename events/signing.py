@@ -1,12 +1,17 @@
 """Signed reviews: the canonical bytes a reviewer signs, Ed25519 signing and verification (pure computation).
 
 The canonical form of a review is JSON with sorted keys and no spaces, UTF-8, of exactly
-``run_id, gate, digest, reviewer, approved, comment, nonce, expires_at``. A signature (base64 of 64 bytes) made
-with the reviewer's Ed25519 private key over these bytes binds the decision to one run, one gate, the content the
-gate asked about (``digest``), one use (``nonce``) and a deadline (``expires_at``, ISO 8601 with a time zone).
+``run_id, gate, digest, reviewer, approved, comment, nonce, expires_at`` and, for runs that issue one, the gate's
+``challenge``. A signature (base64 of 64 bytes) made with the reviewer's Ed25519 private key over these bytes binds
+the decision to one run, one gate, the content the gate asked about (``digest``), one use (``nonce``), a deadline
+(``expires_at``, ISO 8601 with a time zone) and, through the challenge, to one opening of the gate in one execution
+of the run: a later run under the same workflow id (a reset, a start after the first closed) issues another
+challenge, so no approval captured in one run counts in another.
 
-Nothing here reads files, clocks or randomness: the workflow calls :func:`verify` (pure Python, :mod:`events.ed25519`)
-from its handlers, with public keys that reached it through its history (see ``workflows/reviews.py``).
+Nothing here reads files, clocks or randomness: the workflow calls :func:`verify` from its handlers, with public keys
+that reached it through its history (see ``workflows/reviews.py``). ``native`` verification uses ``cryptography``
+(OpenSSL, about 0.1 ms), imported through the workflow sandbox; runs recorded before it verify with the pure-Python
+:mod:`events.ed25519` (about 4 ms), so a replay decides every edge case exactly as the recording did.
 """
 
 from __future__ import annotations
@@ -15,12 +20,12 @@ import base64
 import binascii
 import json
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from events import ed25519
-
-if TYPE_CHECKING:  # signing happens outside workflows; the workflow sandbox never loads the native module
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 SIGNED_FIELDS = ("run_id", "gate", "digest", "reviewer", "approved", "comment", "nonce", "expires_at")
 
@@ -35,8 +40,10 @@ def canonical(
     comment: str,
     nonce: str | None,
     expires_at: str | None,
+    challenge: str | None = None,
 ) -> bytes:
-    """The bytes a reviewer signs: sorted-key JSON without spaces, UTF-8."""
+    """The bytes a reviewer signs: sorted-key JSON without spaces, UTF-8 (``challenge`` only when given, so the
+    reviews of runs recorded before challenges keep their bytes)."""
     fields: dict[str, Any] = {
         "run_id": run_id,
         "gate": gate,
@@ -47,6 +54,8 @@ def canonical(
         "nonce": nonce,
         "expires_at": expires_at,
     }
+    if challenge is not None:
+        fields["challenge"] = challenge
     return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
@@ -55,13 +64,37 @@ def sign(private_key: Ed25519PrivateKey, message: bytes) -> str:
     return base64.b64encode(private_key.sign(message)).decode("ascii")
 
 
-def verify(public_key: bytes, message: bytes, signature: str) -> bool:
-    """Whether ``signature`` (base64) is ``public_key``'s (32 raw bytes) signature of ``message``."""
+def verify(public_key: bytes, message: bytes, signature: str, *, native: bool = False) -> bool:
+    """Whether ``signature`` (base64) is ``public_key``'s (32 raw bytes) signature of ``message``; ``native``: with
+    ``cryptography`` rather than the pure-Python verifier."""
     try:
         raw = base64.b64decode(signature.encode("ascii"), validate=True)
     except (ValueError, binascii.Error, UnicodeEncodeError):
         return False
-    return ed25519.verify(public_key, message, raw)
+    if not native:
+        return ed25519.verify(public_key, message, raw)
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(raw, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def _prime_native_errors() -> None:
+    """Have ``cryptography`` resolve the exception it raises for a bad signature now, at import, outside any
+    workflow: its Rust module imports ``cryptography.exceptions.InvalidSignature`` the first time it raises it, and
+    that import, made from inside Temporal's workflow sandbox, fails and aborts the process. Once resolved, the
+    module keeps the type, and raising it imports nothing."""
+    key = Ed25519PrivateKey.generate()
+    signature = key.sign(b"quantum")
+    try:
+        key.public_key().verify(signature, b"another message")
+    except InvalidSignature:
+        return
+    raise RuntimeError("Ed25519 verified a signature of another message")
+
+
+_prime_native_errors()
 
 
 def parse_expiry(expires_at: str) -> datetime | None:

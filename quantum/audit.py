@@ -10,35 +10,61 @@ What is reported, per run:
 - ``missing``: a record links to a hash no record of the run has, or its index is not one more than the index of
   the record it links to (a record was removed, or never appended);
 - ``forked``: two records link to the same predecessor (one was injected, or appended twice);
-- ``unreadable`` / ``misfiled``: a message that is not a record, or a record on another run's subject.
+- ``unreadable`` / ``misfiled``: a message that is not a record, or a record on another run's subject;
+- ``unsigned`` / ``forged``: with the workers' audit keys known, a record no worker signed, or whose signature does
+  not verify (a publisher on the bus wrote it); with the reviewers' keys known, an ``authenticated`` record whose
+  reviewer's signature, carried in the record, does not verify;
+- ``beyond_head``: records past the head the run itself keeps (appended after the run's last one, by someone else);
+- ``orphan``: a chain with no run behind it in Temporal (never existed, or past the namespace's retention).
 
-A record removed from the *end* of a chain leaves no trace in the stream; the run's own state in Temporal (its
-``audit_records`` and ``audit_head``) is the other copy, and :func:`compare_head` finds it missing (``truncated``).
+A chain is one execution's: runs since gate challenges name their Temporal run id in each record (``execution``),
+so a run started again under the same workflow id has its own chain. A record removed from the *end* of a chain
+leaves no trace in the stream; the run's own state in Temporal (its ``audit_records`` and ``audit_head``) is the
+other copy, and :func:`compare_head` finds it missing (``truncated``) or finds records past it (``beyond_head``).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
+from events import signing
 from events.audit import (
+    AUDIT_RECORDS,
     AUDIT_STREAM,
-    AUDIT_SUBJECTS,
+    EXECUTION_RECORD_VERSION,
     MAX_RECORD_BYTES,
     RECORD_VERSION,
     digest,
     genesis,
     is_hash,
     run_subject,
+    signed_bytes,
 )
 from events.envelope import MalformedEvent, load_json
+from events.models import normalise_identity
 
 _TEXT_FIELDS = ("gate", "reviewer", "comment", "reason", "reviewed_at")
 _BOOL_FIELDS = ("approved", "accepted", "authenticated")
+_EXECUTION_FIELDS = ("execution", "challenge", "expires_at", "signature")
+
+
+@dataclass(frozen=True)
+class Keys:
+    """What ``verify`` checks signatures with: the workers' audit keys (by key id) and the reviewers' keys (by
+    normalised name). Either may be empty: then those signatures are not checked, and the verdict says so."""
+
+    audit: Mapping[str, bytes] = field(default_factory=dict)
+    reviewers: Mapping[str, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -70,6 +96,7 @@ class _Record:
 @dataclass
 class RunSummary:
     run_id: str
+    execution: str = ""
     records: int = 0
     first_sequence: int = 0
     last_sequence: int = 0
@@ -102,8 +129,12 @@ def parse_record(message: StoredRecord) -> tuple[dict[str, Any] | None, str]:
         return None, f"not a record: {err.reason[:200]}"
     if not isinstance(body, dict):
         return None, f"not a record: a JSON {type(body).__name__}, not an object"
-    if body.get("v") != RECORD_VERSION:
-        return None, f"not a record of version {RECORD_VERSION}"
+    if body.get("v") not in (RECORD_VERSION, EXECUTION_RECORD_VERSION):
+        return None, f"not a record of version {RECORD_VERSION} or {EXECUTION_RECORD_VERSION}"
+    if body["v"] == EXECUTION_RECORD_VERSION:
+        for name in _EXECUTION_FIELDS:
+            if not isinstance(body.get(name), str):
+                return None, f"the record's {name} is not text"
     run_id, index = body.get("run_id"), body.get("index")
     if not isinstance(run_id, str) or not run_id:
         return None, "the record names no run"
@@ -121,10 +152,75 @@ def parse_record(message: StoredRecord) -> tuple[dict[str, Any] | None, str]:
     return body, ""
 
 
-def check(messages: list[StoredRecord]) -> Verdict:
-    """Check the records in ``messages`` (in stream order): each hash, each link, each run's indexes."""
+def _worker_signature_problem(body: dict[str, Any], keys: Mapping[str, bytes]) -> tuple[str, str] | None:
+    """Whether a worker's audit key signed the record: None, or the problem's kind and detail."""
+    sig, key = body.get("sig"), body.get("key_id")
+    if not isinstance(sig, str) or not isinstance(key, str):
+        return (
+            "unsigned",
+            (
+                f"record {body['index']} is not signed by a worker's audit key: anyone allowed to publish on its "
+                "subject could have written it"
+            ),
+        )
+    public = keys.get(key)
+    if public is None:
+        return "forged", f"record {body['index']} names audit key {key[:16]!r}, which is not one of the workers' keys"
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(
+            base64.b64decode(sig, validate=True), signed_bytes(body["hash"])
+        )
+    except (InvalidSignature, ValueError, binascii.Error):
+        return "forged", f"record {body['index']}'s worker signature does not verify with audit key {key[:16]!r}"
+    return None
+
+
+def _reviewer_signature_problem(body: dict[str, Any], keys: Mapping[str, bytes]) -> str | None:
+    """Whether an ``authenticated`` record of a run with challenges carries its reviewer's valid signature."""
+    if not body.get("authenticated") or body.get("v") != EXECUTION_RECORD_VERSION:
+        return None
+    public = keys.get(normalise_identity(body["reviewer"]))
+    if public is None:
+        return f"record {body['index']} says {body['reviewer'][:40]!r} signed it, who has no key here"
+    message = signing.canonical(
+        run_id=body["run_id"],
+        gate=body["gate"],
+        digest=body.get("digest"),
+        reviewer=body["reviewer"],
+        approved=body["approved"],
+        comment=body["comment"],
+        nonce=body.get("nonce") or None,
+        expires_at=body["expires_at"] or None,
+        challenge=body["challenge"] or None,
+    )
+    if not signing.verify(public, message, body["signature"], native=True):
+        return f"record {body['index']}'s reviewer signature does not verify with the key of {body['reviewer'][:40]!r}"
+    return None
+
+
+def _signature_problems(body: dict[str, Any], keys: Keys) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    if keys.audit:
+        problem = _worker_signature_problem(body, keys.audit)
+        if problem:
+            found.append(problem)
+    if keys.reviewers:
+        detail = _reviewer_signature_problem(body, keys.reviewers)
+        if detail:
+            found.append(("forged", detail))
+    return found
+
+
+def chain_key(body: dict[str, Any]) -> tuple[str, str]:
+    return str(body["run_id"]), str(body.get("execution") or "")
+
+
+def check(messages: list[StoredRecord], keys: Keys | None = None) -> Verdict:
+    """Check the records in ``messages`` (in stream order): each hash, each link, each chain's indexes, and the
+    signatures ``keys`` can check."""
+    keys = keys or Keys()
     verdict = Verdict(records=len(messages))
-    runs: dict[str, list[_Record]] = defaultdict(list)
+    runs: dict[tuple[str, str], list[_Record]] = defaultdict(list)
     for message in messages:
         body, problem = parse_record(message)
         if body is None:
@@ -148,13 +244,16 @@ def check(messages: list[StoredRecord]) -> Verdict:
                     f"record {body['index']}'s content does not match its hash {_short(body['hash'])}",
                 )
             )
-        runs[run_id].append(_Record(message.sequence, body["index"], body["prev"], body["hash"], ok))
-    for run_id, records in runs.items():
-        verdict.problems.extend(_links(run_id, records))
+        for kind, detail in _signature_problems(body, keys):
+            verdict.problems.append(Problem(run_id, message.sequence, kind, detail))
+        runs[chain_key(body)].append(_Record(message.sequence, body["index"], body["prev"], body["hash"], ok))
+    for (run_id, execution), records in runs.items():
+        verdict.problems.extend(_links(run_id, execution, records))
         last = records[-1]
         verdict.runs.append(
             RunSummary(
                 run_id=run_id,
+                execution=execution,
                 records=len(records),
                 first_sequence=records[0].sequence,
                 last_sequence=last.sequence,
@@ -166,13 +265,25 @@ def check(messages: list[StoredRecord]) -> Verdict:
     return verdict
 
 
-def compare_head(verdict: Verdict, run_id: str, *, records: int, head: str) -> None:
-    """Add to ``verdict`` what the run's own head (from its status in Temporal) says is missing from its chain:
-    records removed from the end leave no broken link, but the run knows how many it appended and the last hash."""
+def compare_head(verdict: Verdict, run_id: str, *, records: int, head: str, execution: str = "") -> None:
+    """Add to ``verdict`` what the run's own head (from its status in Temporal) says of its chain: records removed
+    from the end leave no broken link, but the run knows how many it appended and the last hash; records past that
+    were appended by someone else."""
+    chain = next((c for c in verdict.runs if (c.run_id, c.execution) == (run_id, execution)), None)
+    last_index, last_head, sequence = (chain.last_index, chain.head, chain.last_sequence) if chain else (0, "", 0)
+    if last_index > records:
+        verdict.problems.append(
+            Problem(
+                run_id,
+                sequence,
+                "beyond_head",
+                f"the run appended {records} records, the stream holds {last_index}: records {records + 1} to "
+                f"{last_index} lie past the run's head, written by someone else",
+            )
+        )
+        return
     if records <= 0:
         return
-    chain = next((c for c in verdict.runs if c.run_id == run_id), None)
-    last_index, last_head, sequence = (chain.last_index, chain.head, chain.last_sequence) if chain else (0, "", 0)
     if last_index < records:
         gone = f"record {records}" if last_index + 1 == records else f"records {last_index + 1} to {records}"
         verdict.problems.append(
@@ -194,10 +305,10 @@ def compare_head(verdict: Verdict, run_id: str, *, records: int, head: str) -> N
         )
 
 
-def _links(run_id: str, records: list[_Record]) -> list[Problem]:
-    """The link problems of one run's records, given in stream order."""
+def _links(run_id: str, execution: str, records: list[_Record]) -> list[Problem]:
+    """The link problems of one chain's records, given in stream order."""
     problems: list[Problem] = []
-    start = genesis(run_id)
+    start = genesis(run_id, execution)
     by_hash: dict[str, _Record] = {}
     for record in records:
         first = by_hash.setdefault(record.hash, record)
@@ -278,7 +389,7 @@ async def read_records(nc: NATS, *, run_id: str | None = None, after: int = 0, l
     ``limit`` 0 reads to the end; each message is at most the stream's ``max_msg_size``.
     """
     js = nc.jetstream()
-    subject = run_subject(run_id) if run_id is not None else AUDIT_SUBJECTS
+    subject = run_subject(run_id) if run_id is not None else AUDIT_RECORDS
     found: list[StoredRecord] = []
     next_sequence = after + 1
     while not limit or len(found) < limit:

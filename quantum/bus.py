@@ -14,7 +14,8 @@ from nats.aio.client import Client as NATS
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from events.bridge import (
+from events.catalog import INBOUND, inbound_data
+from events.dead_letters import (
     ORIGINAL_DIGEST_HEADER,
     ORIGINAL_SEQUENCE_HEADER,
     ORIGINAL_SIZE_HEADER,
@@ -24,7 +25,6 @@ from events.bridge import (
     REASON_HEADER,
     wire_size,
 )
-from events.catalog import INBOUND, inbound_data
 from events.envelope import (
     SUBJECT_PREFIX,
     CloudEvent,

@@ -140,6 +140,22 @@ class Settings(BaseSettings):
     reviewer_key_file: Path | None = Field(
         default=None, description="The Ed25519 private key (PEM or raw 32 bytes) `quantum review` signs with."
     )
+    review_max_validity_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        le=7 * 24 * 3600,
+        description="How far past the gate's own clock a signed review may expire; a later expires_at is refused.",
+    )
+    audit_signing_key: Path | None = Field(
+        default=None,
+        description="The workers' Ed25519 private key (PEM) signing every audit record; default: "
+        "<data dir>/keys/audit-signing.pem, made on first use. Several workers share one (a mounted Secret).",
+    )
+    audit_verify_keys: Path | None = Field(
+        default=None,
+        description="The public keys `quantum audit verify` trusts (a directory of *.pub, or one file); default: "
+        "the public half of the signing key.",
+    )
 
     codec_keys: SecretStr | None = Field(
         default=None,
@@ -156,7 +172,7 @@ class Settings(BaseSettings):
         default=None, description="The bearer token `quantum codec-server` requires of the Web UI and the CLI."
     )
 
-    @field_validator("reviewer_keys", mode="before")
+    @field_validator("reviewer_keys", "audit_signing_key", "audit_verify_keys", mode="before")
     @classmethod
     def _empty_means_no_keys(cls, value: object) -> object:
         """``QUANTUM_REVIEWER_KEYS=`` configures no keys (an empty path would be the working directory)."""

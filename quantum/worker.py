@@ -28,6 +28,7 @@ from agents.testgen import TestgenAgent
 from agents.workspace import Workspaces
 from events.audit import AuditRecorder
 from events.publisher import EventPublisher
+from quantum.audit_keys import audit_signing_key
 from quantum.heartbeat import HeartbeatInterceptor
 from quantum.metrics import ActivityMetricsInterceptor
 from quantum.outbox import OutboxInterceptor
@@ -96,11 +97,16 @@ def build_agents(settings: Settings, *, nats_url: str | None = None) -> Agents:
         deploy=DeployAgent(workspaces, data / "deployments", host=settings.deploy_host),
         sre=SREAgent(data / "monitoring", promtool=settings.promtool_bin),
         publisher=EventPublisher(nats_url or settings.nats_url, credentials=settings.nats_credentials),
-        audit=AuditRecorder(nats_url or settings.nats_url, credentials=settings.nats_credentials),
+        audit=AuditRecorder(
+            nats_url or settings.nats_url,
+            credentials=settings.nats_credentials,
+            signing_key=audit_signing_key(settings),
+        ),
         reviewers=ReviewerKeysAgent(
             settings.reviewer_keys,
             groups=settings.reviewer_groups,
             defaults={gate: rule.model_dump(mode="json") for gate, rule in settings.review_defaults.items()},
+            max_validity_seconds=settings.review_max_validity_seconds,
         ),
     )
 

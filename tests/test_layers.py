@@ -60,7 +60,7 @@ def test_activity_names_are_unique_and_namespaced(tmp_path: Path) -> None:
     agents = build_agents(Settings(data_dir=tmp_path, _env_file=None))  # type: ignore[call-arg]
     names = [activity_name(fn) for fn in agents.activities()]
     assert all("." in name for name in names)
-    assert len(names) == len(set(names)) == 23  # 21 (events.publish_all among them), audit.append and reviews.keys
+    assert len(names) == len(set(names)) == 25  # 21 (events.publish_all among them), audit.* (3) and reviews.keys
     assert {"security.scan", "security.record_release", "audit.append", "reviews.keys"} <= set(names)
     with pytest.raises(ValueError, match="registered twice: codegen.generate_code"):
         check_unique([agents.codegen.generate_code, agents.codegen.generate_code])

@@ -17,7 +17,16 @@ from temporalio.exceptions import FailureError, is_cancelled_exception
 from workflows.patches import AUDIT_STREAM_PATCH, taken
 
 with workflow.unsafe.imports_passed_through():
-    from events.audit import AppendedRecord, AuditChain, AuditRecorder, ReviewFields
+    from events.audit import (
+        AppendedRecord,
+        AuditChain,
+        AuditRecorder,
+        RefusalSummaryInput,
+        RefusalTally,
+        ReviewFields,
+        SpentNoncesInput,
+    )
+    from events.models import ReviewDecision
     from workflows.models import AuditEntry
 
 
@@ -32,6 +41,14 @@ APPEND: dict[str, Any] = {
     ),
 }
 """Appending a record: retried for up to ten minutes (NATS away), then the run carries on with a warning."""
+
+LOOKUP: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=10),
+    "schedule_to_close_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(initial_interval=timedelta(milliseconds=500), maximum_interval=timedelta(seconds=5)),
+}
+"""Reading the nonces earlier executions spent: a gate does not wait long for it (the challenge already binds every
+signed review to this execution; the nonces are a second lock)."""
 
 
 class AuditLog:
@@ -48,37 +65,65 @@ class AuditLog:
         self._lock = asyncio.Lock()
         self._pending = 0
 
-    async def append(
-        self,
-        entry: AuditEntry,
-        *,
-        digest: str | None = None,
-        authenticated: bool | None = None,
-    ) -> str | None:
-        """Append ``entry`` (as the run recorded it in its ``audit``) to the chain; a warning, or None.
+    def bind_execution(self, execution: str) -> None:
+        """Keep the chain of this execution (runs with gate challenges), starting from its own genesis."""
+        self.chain = AuditChain.start(self.chain.run_id, execution)
 
-        ``digest``: the digest the reviewer decided on (default: the entry's ``digest``, if it has one);
-        ``authenticated``: whether the reviewer's identity was verified (default: the entry's ``identity`` names a
-        key, ``ed25519:...``). The record's time is now, in workflow time.
-        """
-        if not taken(AUDIT_STREAM_PATCH):
-            return None
+    @staticmethod
+    def review_fields(entry: AuditEntry, when: Any, signed: ReviewDecision | None = None) -> ReviewFields:
+        """What a record says of ``entry`` (and of what the reviewer signed, when ``signed``)."""
         identity = str(getattr(entry, "identity", "") or "")
-        if authenticated is None:
-            authenticated = entry.accepted and identity.startswith("ed25519:")
-        review = ReviewFields(
+        return ReviewFields(
             gate=entry.gate,
             reviewer=entry.reviewer,
             approved=entry.approved,
             comment=entry.comment,
             accepted=entry.accepted,
             reason=entry.reason,
-            digest=digest if digest is not None else (str(getattr(entry, "digest", "") or "") or None),
-            authenticated=authenticated,
+            digest=str(getattr(entry, "digest", "") or "") or None,
+            authenticated=entry.accepted and identity.startswith("ed25519:"),
             identity=identity,
             nonce=str(getattr(entry, "nonce", "") or ""),
-            reviewed_at=workflow.now(),
+            reviewed_at=when,
+            challenge=(signed.challenge or "") if signed else "",
+            expires_at=(signed.expires_at or "") if signed else "",
+            signature=(signed.signature or "") if signed else "",
         )
+
+    async def summarize(self, tally: RefusalTally) -> str | None:
+        """Put one gate opening's tally of refused reviews beside the chain; a warning, or None."""
+        inp = RefusalSummaryInput(
+            run_id=self.chain.run_id, execution=self.chain.execution, tally=tally, summarized_at=workflow.now()
+        )
+        try:
+            await workflow.execute_activity_method(AuditRecorder.refusals, inp, **APPEND)
+        except FailureError as err:
+            if is_cancelled_exception(err):
+                raise asyncio.CancelledError(str(err)) from err
+            cause = err.cause if isinstance(err.cause, FailureError) else err
+            return f"the summary of refused reviews of gate {tally.gate!r} was not recorded: {cause.message}"
+        return None
+
+    async def spent_nonces(self) -> list[str]:
+        """The nonces counted by earlier executions under this workflow id (none when the stream cannot say)."""
+        inp = SpentNoncesInput(run_id=self.chain.run_id, execution=self.chain.execution)
+        try:
+            spent: list[str] = await workflow.execute_activity_method(AuditRecorder.spent_nonces, inp, **LOOKUP)
+        except FailureError as err:
+            if is_cancelled_exception(err):
+                raise asyncio.CancelledError(str(err)) from err
+            return []
+        return spent
+
+    async def append(self, entry: AuditEntry, *, signed: ReviewDecision | None = None) -> str | None:
+        """Append ``entry`` (as the run recorded it in its ``audit``) to the chain; a warning, or None.
+
+        ``signed``: the review as received, whose signed fields the record carries (runs with gate challenges). The
+        record's time is now, in workflow time.
+        """
+        if not taken(AUDIT_STREAM_PATCH):
+            return None
+        review = self.review_fields(entry, workflow.now(), signed)
         self._pending += 1
         try:
             async with self._lock:

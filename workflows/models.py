@@ -106,9 +106,16 @@ class RunStatusView(BaseModel):
     gate_openings: dict[str, GateOpening] = Field(
         default_factory=dict, description="When each gate opened, its timeout and quorum (empty in older runs)."
     )
+    gate_challenges: dict[str, str] = Field(
+        default_factory=dict,
+        description="What a signed review of each gate's current opening must sign (empty in older runs).",
+    )
     compensations: list[CompensationRecord] = Field(default_factory=list)
     audit: list[AuditEntry] = Field(default_factory=list)
     audit_dropped: int = Field(default=0, description="Refused reviews left out of ``audit`` to keep it bounded.")
+    refused_reviews: dict[str, int] = Field(
+        default_factory=dict, description="Refused reviews by kind of reason (the signal's; Updates never arrive)."
+    )
     audit_records: int = Field(default=0, description="How many records the run appended to QUANTUM_AUDIT.")
     audit_head: str = Field(
         default="", description="The hash of the last record the run appended (the head of its chain)."

@@ -70,7 +70,14 @@ CARRIED_EVENTS_PATCH = "outbound-events-carried"
 (``workflows.outbox``); a local activity publishes only those that no activity takes before the run waits or ends.
 Runs recorded before publish each event with a local activity of its own."""
 
-LATER: tuple[str, ...] = (CARRIED_EVENTS_PATCH,)
+REVIEW_CHALLENGE_PATCH = "reviews-challenged"
+"""Gates issue a challenge per opening, bound to the run's execution, that signed reviews must sign; the rules check
+signatures last, once, with OpenSSL and within a budget; refused reviews schedule nothing (counted, summarised
+beside the audit chain when the run ends); accepted ones are appended to a chain of the execution, carrying the
+reviewer's signed fields; a gate stops a run whose history nears Temporal's limits. Runs recorded before judge,
+record and append as they did."""
+
+LATER: tuple[str, ...] = (CARRIED_EVENTS_PATCH, REVIEW_CHALLENGE_PATCH)
 """Patches added after :data:`LOCAL_EVENTS_PATCH`: asked for at the start of every run (:func:`ask_later_patches`)."""
 
 

@@ -1,15 +1,22 @@
-"""Review gates and the rules a review must pass, in one place.
+"""Review gates: opening one, judging and recording reviews, the verdict (the rules are :mod:`workflows.review_rules`).
 
-:func:`refusal` is the rule book: a pure function of the review and of what the run knows (the gate's state, its
-approvals and digest, the policy, the requester, the reviewers' public keys, the time). The ``review`` signal, the
-``review`` Update's validator and its handler all ask it, so a review is judged the same whichever way it came.
+The ``review`` signal, the ``review`` Update's validator and its handler all ask the same rule book, so a review is
+judged the same whichever way it came. Each accepted review's audit entry names the key that verified it
+(``ed25519:<name>``), or ``unauthenticated`` when the deployment configures no keys.
 
-Where signatures are verified, and why that is deterministic: in workflow code, by :func:`events.signing.verify`
-(Ed25519, pure computation). The public keys do not come from the worker's memory but from the history: when a gate
-opens, the run asks the ``reviews.keys`` activity for them and keeps the result, which Temporal records; a replay
-reads the same keys back from the history, so it reaches the same decisions whatever keys the replaying worker has.
-The time is ``workflow.now()`` (the workflow task's time, recorded). Each accepted review's audit entry names the key
-that verified it (``ed25519:<name>``), or ``unauthenticated`` when the deployment configures no keys.
+What a flood of reviews can cost a run that took :data:`~workflows.patches.REVIEW_CHALLENGE_PATCH`, and why it stays
+bounded:
+
+- a refused review schedules nothing: it is counted (``refused_reviews``), the last :data:`MAX_REFUSED_REVIEWS` are
+  kept in the view, and one summary per gate opening goes beside the run's audit chain when the run ends; so a
+  refused signal adds only its own event to the history (and the workflow task that delivers it), a refused Update
+  nothing at all;
+- the signature is checked last, once per review (a cache in front of the check serves the Update's handler what its
+  validator found), with OpenSSL (about 0.1 ms), and at most :data:`MAX_BAD_SIGNATURES` failed checks per gate
+  opening on the signal path: past that, signed review signals are refused unchecked and the Update (which Temporal
+  lets in ten at a time) is the way in;
+- when the history nears Temporal's limits (:data:`HISTORY_GUARD_EVENTS` events or :data:`HISTORY_GUARD_BYTES`),
+  the gate stops the run while there is room to compensate, instead of the server terminating it without.
 """
 
 from __future__ import annotations
@@ -17,34 +24,29 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import json
-import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from collections import Counter
+from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError, FailureError
 
-from workflows.patches import BOUND_REVIEWS_PATCH, REMINDERS_PATCH, REVIEW_RULES_PATCH, taken
+from workflows.patches import (
+    BOUND_REVIEWS_PATCH,
+    REMINDERS_PATCH,
+    REVIEW_CHALLENGE_PATCH,
+    REVIEW_RULES_PATCH,
+    taken,
+)
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
     from agents.reviewers import ReviewerKeys, ReviewerKeysAgent
     from events import signing
+    from events.audit import RefusalTally
     from events.catalog import ReviewEscalated, ReviewReminder, ReviewRequested
-    from events.models import (
-        DEFAULT_GATE_TIMEOUT_SECONDS,
-        GATES,
-        REVIEW_REFUSED,
-        ApprovalPolicy,
-        GateRule,
-        ReviewDecision,
-        normalise_identity,
-        visible_form,
-    )
+    from events.models import ApprovalPolicy, GateRule, ReviewDecision, normalise_identity
     from workflows import metrics, presets
     from workflows.audit_log import AuditLog
     from workflows.models import (
@@ -57,274 +59,53 @@ with workflow.unsafe.imports_passed_through():
         ReviewVerdict,
         clip,
     )
+    from workflows.review_rules import (
+        REFUSED,
+        UNAUTHENTICATED,
+        UPDATE_UNSUPPORTED,
+        GatePolicy,
+        Judgement,
+        ReviewContext,
+        digest_of,
+        gate_challenge,
+        gate_policy,
+        identity,
+        is_service_identity,
+        judge,
+        refusal,
+        refusal_kind,
+        signed_message,
+    )
     from workflows.runview import RunStopped, RunView, failure_message
+
+__all__ = [
+    "REFUSED",
+    "UNAUTHENTICATED",
+    "UPDATE_UNSUPPORTED",
+    "Gates",
+    "GatePolicy",
+    "ReviewContext",
+    "digest_of",
+    "gate_policy",
+    "identity",
+    "is_service_identity",
+    "refusal",
+    "signed_message",
+]
 
 REMINDER_AT = 0.5
 ESCALATION_AT = 0.8
-NUDGES = ((REMINDER_AT, "quantum.review.reminder"), (ESCALATION_AT, "quantum.review.escalated"))
-
-UNAUTHENTICATED = "unauthenticated"
-REFUSED = REVIEW_REFUSED
-UPDATE_UNSUPPORTED = "ReviewUpdateUnsupported"
-
-_SERVICE_NAMES = frozenset(
-    {
-        "system",
-        "quantum",
-        "root",
-        "qagent",
-        "qtest",
-        "qcode",
-        "qgen",
-        "qsecure",
-        "qinfra",
-        "qdeploy",
-        "qsre",
-        "temporal",
-        "worker",
-        "bridge",
-    }
-)
-_AGENT_SHAPE = re.compile(r"^Q[A-Z][A-Za-z]*$")
-
-
-def is_service_identity(name: str) -> bool:
-    """Whether ``name`` names an agent or a service (``QAgent``, ``QTest``, ``quantum-*``, ``system``...), which
-    never counts as a reviewer."""
-    who = normalise_identity(name)
-    return (
-        who in _SERVICE_NAMES
-        or bool(_AGENT_SHAPE.match(visible_form(name).strip()))
-        or who.startswith(("quantum-", "quantum.", "quantum ", "system:", "agent:", "service:"))
-    )
-
-
-def digest_of(value: Any) -> str:
-    """The sha256 (hex) of ``value`` as sorted-key JSON without spaces."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-@dataclass(frozen=True)
-class GatePolicy:
-    """One gate's rule as the run applies it: the request's policy over the deployment's defaults."""
-
-    reviewers: tuple[str, ...] = ()
-    groups: tuple[str, ...] = ()
-    members: frozenset[str] = frozenset()
-    """The normalised names of the groups' members (as the deployment defines the groups)."""
-    unknown_groups: tuple[str, ...] = ()
-    required_approvals: int = 1
-    timeout_seconds: float = DEFAULT_GATE_TIMEOUT_SECONDS
-    requester_may_review: bool = False
-
-    @property
-    def restricted(self) -> bool:
-        """Whether only named people and groups may review (else anyone who is not the requester)."""
-        return bool(self.reviewers or self.groups)
-
-    def allowed(self, same: Callable[[str], str] = normalise_identity) -> frozenset[str]:
-        return frozenset(same(name) for name in self.reviewers) | self.members
-
-    def describe(self) -> str:
-        parts = [", ".join(self.reviewers)] if self.reviewers else []
-        parts += [f"group {name}" for name in self.groups]
-        return "; ".join(parts) or "anyone"
-
-    def unreachable(self, requester: str) -> str | None:
-        """Why the gate can never reach its quorum (too few people may review it), or None."""
-        if not self.restricted:
-            return None
-        allowed = self.allowed()
-        if not self.requester_may_review:
-            allowed -= {normalise_identity(requester)}
-        allowed = frozenset(name for name in allowed if not is_service_identity(name))
-        if len(allowed) >= self.required_approvals:
-            return None
-        unknown = f" (unknown groups: {', '.join(self.unknown_groups)})" if self.unknown_groups else ""
-        count, people = self.required_approvals, len(allowed)
-        return (
-            f"needs {count} approval{'s' if count != 1 else ''} but only {people} "
-            f"{'person' if people == 1 else 'people'} may review it{unknown}"
-        )
-
-
-def gate_policy(
-    gate: str,
-    policy: ApprovalPolicy,
-    *,
-    defaults: Mapping[str, GateRule] | None = None,
-    groups: Mapping[str, Sequence[str]] | None = None,
-) -> GatePolicy:
-    """The rule of ``gate``: each field from the request's rule of that gate, else its run-wide policy, else the
-    deployment's default for the gate (``QUANTUM_REVIEW_DEFAULTS``). The default quorum is also a floor, and a
-    default of ``requester_may_review: false`` is never overridden. Who may review is taken whole from the first
-    of the three that names anyone (names or groups). Pure."""
-    rule = policy.gates.get(gate)  # type: ignore[call-overload]
-    default = (defaults or {}).get(gate) or GateRule()
-    if rule is not None and (rule.reviewers is not None or rule.groups is not None):
-        names, named_groups = rule.reviewers or [], rule.groups or []
-    elif policy.reviewers or policy.groups:
-        names, named_groups = policy.reviewers, policy.groups
-    else:
-        names, named_groups = default.reviewers or [], default.groups or []
-    directory = groups or {}
-    members = frozenset(normalise_identity(m) for g in named_groups for m in directory.get(g, ()))
-    asked = rule.required_approvals if rule is not None else None
-    if asked is None:
-        asked = policy.required_approvals.get(gate)  # type: ignore[call-overload]
-    quorum = max(int(asked or default.required_approvals or 1), int(default.required_approvals or 1))
-    timeout = rule.timeout_seconds if rule is not None else None
-    if timeout is None:
-        timeout = policy.timeout_seconds.get(gate)  # type: ignore[call-overload]
-    may: bool | None = rule.requester_may_review if rule is not None else None
-    if may is None:
-        may = policy.requester_may_review
-    if may is None:
-        may = default.requester_may_review
-    return GatePolicy(
-        reviewers=tuple(names),
-        groups=tuple(named_groups),
-        members=members,
-        unknown_groups=tuple(g for g in named_groups if g not in directory),
-        required_approvals=quorum,
-        timeout_seconds=float(timeout or default.timeout_seconds or DEFAULT_GATE_TIMEOUT_SECONDS),
-        requester_may_review=bool(may) and default.requester_may_review is not False,
-    )
-
-
-@dataclass(frozen=True)
-class ReviewContext:
-    """What the run knows when a review arrives; :func:`refusal` reads nothing else."""
-
-    run_id: str
-    requester: str
-    policy: ApprovalPolicy
-    gate_state: GateState | None
-    approvals: Sequence[str] = ()
-    digest: str | None = None
-    keys: Mapping[str, bytes] | None = None
-    now: datetime | None = None
-    used_nonces: frozenset[str] = field(default_factory=frozenset)
-    normalised: bool = True
-    bound: bool = True
-    """The rules of :data:`BOUND_REVIEWS_PATCH`: agent identities, digests, signatures."""
-    rule: GatePolicy | None = None
-    """The gate's rule; None: the one ``policy`` alone gives (no deployment defaults, no groups)."""
-
-
-def signed_message(decision: ReviewDecision, run_id: str) -> bytes:
-    """The bytes a reviewer signs: the review's canonical form for ``run_id``."""
-    return signing.canonical(
-        run_id=run_id,
-        gate=decision.gate,
-        digest=decision.digest,
-        reviewer=decision.reviewer,
-        approved=decision.approved,
-        comment=decision.comment,
-        nonce=decision.nonce,
-        expires_at=decision.expires_at,
-    )
-
-
-def _authentication_problem(decision: ReviewDecision, ctx: ReviewContext) -> str | None:
-    keys = ctx.keys
-    assert keys is not None
-    if not (decision.signature and decision.nonce and decision.expires_at):
-        missing = [n for n in ("signature", "nonce", "expires_at") if not getattr(decision, n)]
-        return f"the review is unsigned: this deployment takes only signed reviews (missing {', '.join(missing)})"
-    key = keys.get(normalise_identity(decision.reviewer))
-    if key is None:
-        return f"no public key is configured for {decision.reviewer!r}"
-    message = signed_message(decision, ctx.run_id)
-    if not signing.verify(key, message, decision.signature):
-        return f"the signature does not verify with the key of {decision.reviewer!r} (altered, or another key)"
-    expiry = signing.parse_expiry(decision.expires_at)
-    if expiry is None:
-        return "expires_at is not an ISO 8601 time with a time zone"
-    if ctx.now is not None and ctx.now >= expiry:
-        return f"the review expired at {decision.expires_at}"
-    if decision.nonce in ctx.used_nonces:
-        return "the nonce was already used in this run: a replayed review"
-    return None
-
-
-def refusal(decision: ReviewDecision, ctx: ReviewContext) -> str | None:
-    """Why the run refuses ``decision``, or None when it counts. Pure: the same inputs, the same answer."""
-    normalised = ctx.normalised
-    if normalised:
-        problem = decision.problem()
-        if problem:
-            return problem
-    gate = decision.gate
-    if gate not in GATES:
-        return f"unknown gate {gate!r}; gates are {', '.join(GATES)}"
-    if ctx.gate_state != "pending":
-        return f"gate {gate!r} is not pending"
-    if ctx.bound and ctx.keys is not None:
-        problem = _authentication_problem(decision, ctx)
-        if problem:
-            return problem
-    if ctx.bound and is_service_identity(decision.reviewer):
-        return f"{decision.reviewer!r} is an agent or service identity: only people review gates"
-    same = normalise_identity if normalised else (lambda name: name)
-    who = same(decision.reviewer)
-    rule = ctx.rule or gate_policy(gate, ctx.policy)
-    if who == same(ctx.requester) and not rule.requester_may_review:
-        return f"{decision.reviewer!r} requested this run and cannot review it"
-    if rule.restricted and who not in rule.allowed(same):
-        return (
-            f"{decision.reviewer!r} is not a reviewer allowed by the approval policy of gate {gate!r} "
-            f"({clip(rule.describe(), 300)})"
-        )
-    if who in {same(name) for name in ctx.approvals}:
-        return f"{decision.reviewer!r} already approved gate {gate!r}"
-    if ctx.bound:
-        if decision.digest is not None and decision.digest != ctx.digest:
-            asks = f"{ctx.digest[:12]}…" if ctx.digest else "no digest"
-            return f"the review names digest {decision.digest[:12]}… but gate {gate!r} asks about {asks}: stale"
-        if ctx.keys is not None and ctx.digest and decision.digest is None:
-            return f"a signed review must name the digest of what gate {gate!r} asks about"
-    return None
-
-
-_REFUSAL_KINDS: tuple[tuple[str, str], ...] = (
-    ("the review is unsigned", "unsigned"),
-    ("no public key is configured", "unknown_key"),
-    ("does not verify", "bad_signature"),
-    ("expires_at is not", "bad_signature"),
-    ("the review expired", "expired"),
-    ("a replayed review", "replayed"),
-    ("agent or service identity", "service_identity"),
-    ("requested this run", "requester"),
-    ("not a reviewer allowed", "not_allowed"),
-    ("already approved", "duplicate"),
-    (": stale", "stale"),
-    ("must name the digest", "stale"),
-    ("is not pending", "not_pending"),
-    ("unknown gate", "unknown_gate"),
-)
-
-
-def refusal_kind(reason: str) -> str:
-    """The kind of a refusal reason (a bounded metric label): ``unsigned``, ``stale``, ``requester``...;
-    ``invalid`` for a field out of its bounds."""
-    return next((kind for fragment, kind in _REFUSAL_KINDS if fragment in reason), "invalid")
-
-
-def identity(decision: ReviewDecision, ctx: ReviewContext) -> str:
-    """How the reviewer is known: ``unauthenticated`` without keys, ``ed25519:<name>`` when the signature verifies
-    with that reviewer's key, empty otherwise."""
-    if ctx.keys is None:
-        return UNAUTHENTICATED
-    if decision.signature is None:
-        return ""
-    name = normalise_identity(decision.reviewer)
-    key = ctx.keys.get(name)
-    if key is None:
-        return ""
-    message = signed_message(decision, ctx.run_id)
-    return f"ed25519:{name}" if signing.verify(key, message, decision.signature) else ""
+MAX_BAD_SIGNATURES = 64
+"""Failed signature checks per gate opening on the signal path; past it, signed review signals are not checked."""
+MAX_VERIFIED = 256
+"""Signature checks remembered (so the Update's handler does not check again what its validator checked)."""
+HISTORY_GUARD_EVENTS = 40_000
+HISTORY_GUARD_BYTES = 40 * 1024 * 1024
+"""Where a gate stops a flooded run: below Temporal's 51,200 events and 50 MB, with room to compensate."""
+AUDIT_MEMO = "quantum-audit"
+"""The memo key where a run with gate challenges keeps its chain's head: records, head, execution."""
+RECENT_REFUSALS = 10
+"""Refused reviews each gate opening's summary on the audit stream carries in full (clipped)."""
 
 
 class Gates:
@@ -337,19 +118,32 @@ class Gates:
         self.requester = requester
         self.bound: bool | None = None
         """Whether the run follows :data:`BOUND_REVIEWS_PATCH` (None until the run starts)."""
+        self.challenged = False
+        """Whether the run follows :data:`REVIEW_CHALLENGE_PATCH` (:func:`workflows.review_rules.judge`)."""
         self.keys: dict[str, bytes] | None = None
         self.keys_loaded = False
         self.defaults: dict[str, GateRule] = {}
         self.groups: dict[str, list[str]] = {}
         """The deployment's gate defaults and reviewer groups, recorded with the keys when a gate opens."""
+        self.max_validity_seconds = 0.0
         self.rules: dict[str, GatePolicy] = {}
         self.audit_log = AuditLog(run.view.pipeline_id)
-        """The run's hash chain on ``QUANTUM_AUDIT``: every recorded review is appended to it, in order."""
+        """The run's hash chain on ``QUANTUM_AUDIT``: every accepted review is appended to it, in order."""
         self._appends: list[asyncio.Task[None]] = []
+        self._openings: Counter[str] = Counter()
+        self._bad_signatures: Counter[str] = Counter()
+        self._verified: dict[str, bool] = {}
+        self._spent_elsewhere: frozenset[str] | None = None
+        self._tallies: dict[tuple[str, int], RefusalTally] = {}
+        self.flooded = False
+        self._memo: tuple[int, str] | None = None
 
     def begin(self) -> None:
-        """Take the patch once, in the run's main coroutine (handlers and validators read it from here)."""
+        """Take the patches once, in the run's main coroutine (handlers and validators read them from here)."""
         self.bound = taken(BOUND_REVIEWS_PATCH)
+        self.challenged = bool(self.bound) and taken(REVIEW_CHALLENGE_PATCH)
+        if self.challenged:
+            self.audit_log.bind_execution(workflow.info().run_id)
 
     # --- judging -----------------------------------------------------------------------------------------------
 
@@ -357,11 +151,15 @@ class Gates:
         """The rule of ``gate``: as resolved when it opened, else from the request's policy alone."""
         return self.rules.get(gate) or gate_policy(gate, self.policy)
 
-    def context(self, gate: str, *, normalised: bool) -> ReviewContext:
-        bound = bool(self.bound)
+    def _used_nonces(self) -> frozenset[str]:
         # spent: the nonces of counted reviews and of refused ones whose signature verified (a signed review
-        # refused once, say before its gate opened, cannot be sent again to count later)
+        # refused once, say before its gate opened, cannot be sent again to count later), and, in runs with
+        # challenges, those counted by earlier runs under the same workflow id
         used = frozenset(e.nonce for e in self.view.audit if e.nonce and (e.accepted or e.identity))
+        return used | (self._spent_elsewhere or frozenset())
+
+    def context(self, gate: str, *, normalised: bool, signal: bool = False) -> ReviewContext:
+        bound = bool(self.bound)
         return ReviewContext(
             run_id=self.view.pipeline_id,
             requester=self.requester,
@@ -371,29 +169,55 @@ class Gates:
             digest=self.view.gate_digests.get(gate) if bound else None,
             keys=self.keys if bound else None,
             now=workflow.now() if bound else None,
-            used_nonces=used,
+            used_nonces=self._used_nonces(),
             normalised=normalised,
             bound=bound,
             rule=self.rule(gate),
+            challenge=self.view.gate_challenges.get(gate),
+            max_validity_seconds=self.max_validity_seconds,
+            may_verify=not signal or self._bad_signatures[gate] < MAX_BAD_SIGNATURES,
+            verify=self._verify if self.challenged else None,
         )
 
-    def judge(self, decision: ReviewDecision) -> tuple[str | None, ReviewContext]:
+    def _verify(self, key: bytes, message: bytes, signature: str) -> bool:
+        """:func:`events.signing.verify` with OpenSSL, each (key, message, signature) checked once."""
+        seen = hashlib.sha256(key + b"\x00" + message + b"\x00" + signature.encode("utf-8", "replace")).hexdigest()
+        known = self._verified.get(seen)
+        if known is None:
+            known = signing.verify(key, message, signature, native=True)
+            if len(self._verified) >= MAX_VERIFIED:
+                self._verified.clear()
+            self._verified[seen] = known
+        return known
+
+    def judge(self, decision: ReviewDecision, *, signal: bool = False) -> Judgement:
+        """The judgement of ``decision`` by the rules this run follows."""
+        if self.challenged:
+            return judge(decision, self.context(decision.gate, normalised=True, signal=signal))
         if self.bound:
             ctx = self.context(decision.gate, normalised=True)
         else:  # exactly as recorded before: the patch asked at each review
             ctx = self.context(decision.gate, normalised=taken(REVIEW_RULES_PATCH))
-        return refusal(decision, ctx), ctx
+        reason = refusal(decision, ctx)
+        return Judgement(reason, identity(decision, ctx) if self.bound and self.keys_loaded else "")
 
-    def review(self, decision: ReviewDecision) -> str | None:
-        """Apply a review (the signal, and the Update's handler): count it, or refuse it with the reason in the
-        audit trail. Returns the reason of a refusal."""
-        reason, ctx = self.judge(decision)
-        self.record_review(decision, reason, identity(decision, ctx) if self.bound and self.keys_loaded else "")
+    def review(self, decision: ReviewDecision, *, signal: bool = True) -> str | None:
+        """Apply a review (the signal, and the Update's handler): count it, or refuse it with the reason. Returns
+        the reason of a refusal."""
+        if signal and self.challenged:
+            self._watch_history()
+        judgement = self.judge(decision, signal=signal)
+        reason, gate = judgement.reason, decision.gate
+        if reason is not None and judgement.verified:
+            self._bad_signatures[gate] += 1
+        if reason is not None and self.challenged:
+            self._refused(decision, reason)
+            return reason
+        self.record_review(decision, reason, judgement.identity)
         if reason is not None:
             workflow.logger.info("review refused: %s", reason)
             metrics.review_refused(refusal_kind(reason))
             return reason
-        gate = decision.gate
         if not decision.approved:
             self.view.gates[gate] = "rejected"
             return None
@@ -408,7 +232,7 @@ class Gates:
             raise ApplicationError(
                 "this run predates reviews by Update: send the review signal", type=UPDATE_UNSUPPORTED
             )
-        reason, _ = self.judge(decision)
+        reason = self.judge(decision).reason
         if reason is not None:
             metrics.review_refused(refusal_kind(reason))
             raise ApplicationError(reason, type=REFUSED, non_retryable=True)
@@ -416,7 +240,7 @@ class Gates:
     def update(self, decision: ReviewDecision) -> ReviewVerdict:
         """The Update's handler: the review is applied (judged again: a review accepted by the validator may meet
         another that counted first) and the verdict returned."""
-        reason = self.review(decision)
+        reason = self.review(decision, signal=False)
         if reason is not None:
             raise ApplicationError(reason, type=REFUSED, non_retryable=True)
         gate = decision.gate
@@ -429,12 +253,17 @@ class Gates:
             identity=self.view.audit[-1].identity,
         )
 
-    def record_review(self, decision: ReviewDecision, reason: str | None, who: str = "") -> None:
-        """Append the review to the audit trail (the one place reviews are recorded): refused ones are clipped and
-        at most ``MAX_REFUSED_REVIEWS`` are kept (the oldest refused go first, unsigned ones before signed ones,
-        whose nonces stay spent; counted in ``audit_dropped``); accepted ones are always kept."""
+    def _watch_history(self) -> None:
+        """Note when the history nears Temporal's limits; the gate waiting stops the run while it can compensate."""
+        info = workflow.info()
+        if info.get_current_history_length() >= HISTORY_GUARD_EVENTS or (
+            info.get_current_history_size() >= HISTORY_GUARD_BYTES
+        ):
+            self.flooded = True
+
+    def _entry(self, decision: ReviewDecision, reason: str | None, who: str) -> AuditEntry:
         limit = MAX_REFUSED_COMMENT_CHARS if reason is not None else len(decision.comment)
-        entry = AuditEntry(
+        return AuditEntry(
             gate=clip(decision.gate, 40),
             reviewer=clip(decision.reviewer, 120),
             approved=decision.approved,
@@ -445,6 +274,10 @@ class Gates:
             nonce=clip(decision.nonce or "", 128),
             identity=who,
         )
+
+    def _keep(self, entry: AuditEntry) -> None:
+        """Keep ``entry`` in the view's ``audit``: refused ones are at most ``MAX_REFUSED_REVIEWS`` (the oldest go
+        first, unsigned ones before signed ones, whose nonces stay spent; counted in ``audit_dropped``)."""
         audit = self.view.audit
         audit.append(entry)
         refused = [i for i, e in enumerate(audit) if not e.accepted]
@@ -452,11 +285,34 @@ class Gates:
             unsigned = [i for i in refused if not audit[i].identity]
             del audit[(unsigned or refused)[0]]
             self.view.audit_dropped += 1
-        self._appends.append(asyncio.create_task(self._append(entry)))
 
-    async def _append(self, entry: AuditEntry) -> None:
+    def _refused(self, decision: ReviewDecision, reason: str) -> None:
+        """A refusal in a run with challenges: counted and kept in the view, tallied for the gate opening's summary
+        on the audit stream; nothing is scheduled."""
+        kind = refusal_kind(reason)
+        metrics.review_refused(kind)
+        refused = self.view.refused_reviews
+        refused[kind] = refused.get(kind, 0) + 1
+        entry = self._entry(decision, reason, "")
+        self._keep(entry)
+        gate = decision.gate if decision.gate in self._openings else ""
+        key = (gate, self._openings[gate] if gate else 0)
+        tally = self._tallies.get(key)
+        if tally is None:
+            tally = self._tallies[key] = RefusalTally(gate=key[0], opening=key[1])
+        tally.count(kind, self.audit_log.review_fields(entry, workflow.now()), keep=RECENT_REFUSALS)
+
+    def record_review(self, decision: ReviewDecision, reason: str | None, who: str = "") -> None:
+        """Record the review in the view's ``audit`` and append it to the audit stream (refused ones too, in runs
+        from before gate challenges)."""
+        entry = self._entry(decision, reason, who)
+        self._keep(entry)
+        signed = decision if reason is None and self.challenged else None
+        self._appends.append(asyncio.create_task(self._append(entry, signed)))
+
+    async def _append(self, entry: AuditEntry, signed: ReviewDecision | None) -> None:
         """Append a recorded review to the audit stream (behind its patch); a failure is a warning of the run."""
-        warning = await self.audit_log.append(entry)
+        warning = await self.audit_log.append(entry, signed=signed)
         if warning is not None:
             self.run.warn(warning)
         chain = self.audit_log.chain
@@ -464,8 +320,21 @@ class Gates:
             self.view.audit_records, self.view.audit_head = chain.index, chain.head
 
     async def drain(self) -> None:
-        """Wait until every review recorded so far is on the audit stream (or its failure is a warning)."""
+        """Wait until every review recorded so far is on the audit stream (or its failure is a warning), and put
+        each gate opening's summary of refused reviews beside the chain."""
+        for tally in self._tallies.values():
+            warning = await self.audit_log.summarize(tally)
+            if warning is not None:
+                self.run.warn(warning)
+        self._tallies.clear()
         await self.audit_log.drain()
+        chain = self.audit_log.chain
+        if self.challenged and chain.index and self._memo != (chain.index, chain.head):
+            # the head where `quantum audit verify` finds it without a worker to answer a query
+            self._memo = (chain.index, chain.head)
+            workflow.upsert_memo(
+                {AUDIT_MEMO: {"records": chain.index, "head": chain.head, "execution": chain.execution}}
+            )
 
     # --- opening -----------------------------------------------------------------------------------------------
 
@@ -485,7 +354,10 @@ class Gates:
         except ValidationError as err:
             raise RunStopped("failed", f"the deployment's review defaults are invalid: {err}") from err
         self.groups = {name: list(members) for name, members in answer.groups.items()}
+        self.max_validity_seconds = float(answer.max_validity_seconds or 0)
         self.keys_loaded = True
+        if self.challenged and self.keys is not None and self._spent_elsewhere is None:
+            self._spent_elsewhere = frozenset(await self.audit_log.spent_nonces())
 
     def _who(self, gate: str) -> dict[str, Any]:
         """Who may review ``gate`` and how many must approve, as the review events say it."""
@@ -496,18 +368,22 @@ class Gates:
             "required_approvals": rule.required_approvals,
         }
 
+    def _decided(self, gate: str) -> bool:
+        return self.view.gates[gate] != "pending" or self.flooded
+
     async def _wait_with_reminders(self, gate: str, timeout: float) -> None:
         """Wait for the gate's decision: a reminder at half its timeout, the escalation at 80 %, then expiry
         (``TimeoutError``). Workflow timers only: a replay waits the same way."""
         view = self.view
-        decided = lambda: view.gates[gate] != "pending"  # noqa: E731
         waited = 0.0
         for share, event_type in (
             (REMINDER_AT, "quantum.review.reminder"),
             (ESCALATION_AT, "quantum.review.escalated"),
         ):
             try:
-                await workflow.wait_condition(decided, timeout=timedelta(seconds=timeout * share - waited))
+                await workflow.wait_condition(
+                    lambda: self._decided(gate), timeout=timedelta(seconds=timeout * share - waited)
+                )
                 return
             except TimeoutError:
                 waited = timeout * share
@@ -527,7 +403,28 @@ class Gates:
                 await self.run.announce(
                     event_type, f"review.{gate}.escalated", ReviewEscalated(**fields, contacts=contacts)
                 )
-        await workflow.wait_condition(decided, timeout=timedelta(seconds=timeout - waited))
+        await workflow.wait_condition(lambda: self._decided(gate), timeout=timedelta(seconds=timeout - waited))
+
+    async def _open(self, gate: str, stage: str, digest: str | None) -> None:
+        """Load what the gate is judged with and bind it to what it asks about (runs with bound reviews)."""
+        view = self.view
+        await self._load_keys()
+        self.rules[gate] = rule = gate_policy(gate, self.policy, defaults=self.defaults, groups=self.groups)
+        problem = rule.unreachable(self.requester)
+        if problem:
+            view.stages[stage] = "failed"
+            raise RunStopped("failed", f"gate {gate!r} {problem}: the approval policy cannot be met")
+        previous = view.gate_digests.get(gate)
+        if digest is not None:
+            view.gate_digests[gate] = digest
+            if previous and previous != digest and view.approvals.get(gate):
+                self.run.warn(f"gate {gate!r}: approvals of {previous[:12]}… cleared, it now asks about {digest[:12]}…")
+        if self.challenged:
+            self._openings[gate] += 1
+            self._bad_signatures[gate] = 0
+            view.gate_challenges[gate] = gate_challenge(
+                view.pipeline_id, workflow.info().run_id, gate, self._openings[gate], view.gate_digests.get(gate)
+            )
 
     async def gate(self, gate: str, stage: str, *, reason: str, digest: str | None = None) -> None:
         """Open ``gate`` before ``stage`` and wait for its decision; stop the run unless it is approved.
@@ -537,19 +434,7 @@ class Gates:
         """
         view = self.view
         if self.bound:
-            await self._load_keys()
-            self.rules[gate] = rule = gate_policy(gate, self.policy, defaults=self.defaults, groups=self.groups)
-            problem = rule.unreachable(self.requester)
-            if problem:
-                view.stages[stage] = "failed"
-                raise RunStopped("failed", f"gate {gate!r} {problem}: the approval policy cannot be met")
-            previous = view.gate_digests.get(gate)
-            if digest is not None:
-                view.gate_digests[gate] = digest
-                if previous and previous != digest and view.approvals.get(gate):
-                    self.run.warn(
-                        f"gate {gate!r}: approvals of {previous[:12]}… cleared, it now asks about {digest[:12]}…"
-                    )
+            await self._open(gate, stage, digest)
         view.gates[gate] = "pending"
         view.approvals[gate] = []
         view.pending_gate = gate
@@ -563,11 +448,21 @@ class Gates:
         view.gate_openings[gate] = GateOpening(
             opened_at=opened, timeout_seconds=timeout, required_approvals=self.rule(gate).required_approvals
         )
+        bound_to = (
+            {"digest": view.gate_digests.get(gate), "challenge": view.gate_challenges.get(gate)}
+            if self.challenged
+            else {}
+        )
         await self.run.announce(
             "quantum.review.requested",
             f"review.{gate}.requested",
             ReviewRequested(
-                pipeline_id=view.pipeline_id, gate=gate, reason=reason, timeout_seconds=timeout, **self._who(gate)
+                pipeline_id=view.pipeline_id,
+                gate=gate,
+                reason=reason,
+                timeout_seconds=timeout,
+                **self._who(gate),
+                **bound_to,
             ),
         )
         try:
@@ -584,6 +479,8 @@ class Gates:
             view.pending_gate = None
             if view.status == "awaiting_review":
                 view.status = "running"
+        if self.flooded and view.gates[gate] == "pending":
+            self._stop_flooded(gate, stage)
         state: GateState = view.gates[gate]
         metrics.gate_decided(gate, state, (workflow.now() - opened).total_seconds())
         if state == "rejected":
@@ -593,3 +490,16 @@ class Gates:
             view.stages[stage] = "failed"
             raise RunStopped("timed_out", f"gate {gate!r} had no decision within {timeout:g} s")
         view.stages[stage] = "running"
+
+    def _stop_flooded(self, gate: str, stage: str) -> None:
+        """Stop a run whose history nears Temporal's limits while its gate waits (a flood of review signals)."""
+        info = workflow.info()
+        refused = sum(self.view.refused_reviews.values())
+        metrics.gate_decided(gate, "flooded", 0.0)
+        self.view.stages[stage] = "failed"
+        raise RunStopped(
+            "failed",
+            f"gate {gate!r} stopped the run: its history reached {info.get_current_history_length()} events "
+            f"({info.get_current_history_size()} bytes) with {refused} refused reviews, near Temporal's limits; "
+            "it stops while it can still compensate",
+        )

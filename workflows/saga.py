@@ -79,9 +79,6 @@ class Run(RunView):
         """The ``review`` Update's handler: applies the review and returns the verdict."""
         return self.gates.update(decision)
 
-    def _record(self, decision: ReviewDecision, reason: str | None) -> None:
-        self.gates.record_review(decision, reason)
-
     async def gate(self, gate: str, stage: str, *, reason: str, digest: str | None = None) -> None:
         """Open ``gate`` before ``stage`` and wait for its decision; stop the run unless it is approved."""
         await self.gates.gate(gate, stage, reason=reason, digest=digest)
@@ -91,8 +88,8 @@ class Run(RunView):
     async def execute(self, body: Callable[[], Awaitable[T]]) -> T:
         """Run the workflow body; on a stop or a cancellation compensate, then close with the right status."""
         view = self.view
-        self.gates.begin()
         ask_later_patches()
+        self.gates.begin()
         metrics.run_started()
         try:
             await self.announce(

@@ -72,7 +72,8 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 
 
 def signed(decision: ReviewDecision, run_id: str, key: Ed25519PrivateKey, now: datetime) -> ReviewDecision:
-    """``decision`` with a fresh nonce, an expiry and the signature of its canonical form for ``run_id``."""
+    """``decision`` with a fresh nonce, an expiry and the signature of its canonical form for ``run_id`` (with the
+    gate opening's challenge the decision names, where the run issued one)."""
     fresh = decision.model_copy(
         update={"nonce": secrets.token_urlsafe(18), "expires_at": (now + SIGNATURE_LIFETIME).isoformat()}
     )
@@ -90,6 +91,8 @@ async def review_by_update(
         raise has_ended(handle.id, view.status, TOO_LATE)
     if decision.digest is None and decision.gate in view.gate_digests:
         decision = decision.model_copy(update={"digest": view.gate_digests[decision.gate]})
+    if decision.challenge is None and decision.gate in view.gate_challenges:
+        decision = decision.model_copy(update={"challenge": view.gate_challenges[decision.gate]})
     if key is not None:
         decision = signed(decision, handle.id, key, datetime.now(UTC))
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 import nats
 from rich.console import Console
 
-from events.bridge import ORIGINAL_SUBJECT_HEADER, REASON_HEADER
+from events.dead_letters import ORIGINAL_SUBJECT_HEADER, REASON_HEADER
 from events.envelope import DLQ_SUBJECT, subject_for
 from quantum.views import plain, result_panel, runs_table, status_panel, summary
 from tests.cli.support import quantum, quantum_env

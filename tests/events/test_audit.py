@@ -119,13 +119,13 @@ async def test_verify_passes_an_intact_chain_and_names_a_changed_a_reordered_and
     records = chain_of(deleted, 4)
     await publish_raw(nats_url, deleted, [canonical(records[i]) for i in (0, 1, 3)])
 
-    ok = verify(nats_url, tmp_path, "--pipeline", intact)
+    ok = verify(nats_url, tmp_path, "--stream-only", "--pipeline", intact)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "4 records in 1 chains, all intact" in ok.stdout and intact in ok.stdout
 
     found = {}
     for run_id in (changed, swapped, deleted):
-        result = verify(nats_url, tmp_path, "--pipeline", run_id)
+        result = verify(nats_url, tmp_path, "--stream-only", "--pipeline", run_id)
         assert result.returncode == 1, result.stdout + result.stderr
         assert "Traceback" not in result.stderr and run_id in result.stdout
         found[run_id] = [line for line in result.stdout.splitlines() if run_id in line]
@@ -134,7 +134,9 @@ async def test_verify_passes_an_intact_chain_and_names_a_changed_a_reordered_and
     assert "reordered" in found[swapped][0] and "record 3 stands before its predecessor, record 2" in found[swapped][0]
     assert "missing" in found[deleted][0] and "record 3 is missing" in found[deleted][0]
 
-    everything = verify(nats_url, tmp_path)  # the whole stream: every broken run named, the intact one not
+    everything = verify(
+        nats_url, tmp_path, "--stream-only"
+    )  # the whole stream: every broken run named, the intact one not
     assert everything.returncode == 1
     assert all(run_id in everything.stdout for run_id in (changed, swapped, deleted)), everything.stdout
     assert intact not in everything.stdout
@@ -154,7 +156,7 @@ async def test_verify_reads_hostile_records_as_data(nats_url: str, tmp_path: Pat
             canonical(odd),
         ],
     )
-    result = verify(nats_url, tmp_path, "--pipeline", run_id)
+    result = verify(nats_url, tmp_path, "--stream-only", "--pipeline", run_id)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert "\x1b" not in result.stdout and "\\x1b]0;owned\\x07[red]x[/red]" in result.stdout
     assert result.stdout.count("unreadable") == 4 and "misfiled" in result.stdout

@@ -11,8 +11,9 @@ from nats.aio.client import Client as NATS
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from events.bridge import REASON_HEADER, Outcome, TemporalUnavailable
+from events.bridge import Outcome, TemporalUnavailable
 from events.catalog import INBOUND
+from events.dead_letters import REASON_HEADER
 from events.envelope import new_event, subject_for
 from quantum.stack import TemporalDevServer
 

@@ -10,8 +10,8 @@ import pytest
 from nats.aio.client import Client as NATS
 from temporalio.client import Client, WorkflowFailureError
 
-from events.bridge import REASON_HEADER
 from events.catalog import OUTBOUND
+from events.dead_letters import REASON_HEADER
 from events.envelope import new_event
 from events.publisher import EventPublisher, PublishEventInput
 from events.streams import EVENTS_STREAM

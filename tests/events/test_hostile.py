@@ -19,7 +19,9 @@ from pydantic import BaseModel
 from temporalio.api.enums.v1 import EventType as HistoryEventType
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from events.bridge import (
+from events.bridge import Outcome
+from events.catalog import EventType
+from events.dead_letters import (
     EXCERPT_BYTES,
     MAX_HEADER_CHARS,
     ORIGINAL_DIGEST_HEADER,
@@ -27,11 +29,9 @@ from events.bridge import (
     ORIGINAL_SUBJECT_HEADER,
     PARTIAL_HEADER,
     REASON_HEADER,
-    Outcome,
     header_value,
     wire_size,
 )
-from events.catalog import EventType
 from events.envelope import CloudEvent, new_event
 from events.models import PipelineRequest
 from events.streams import DLQ_STREAM, EVENTS_STREAM

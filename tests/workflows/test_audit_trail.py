@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import uuid
@@ -15,9 +16,18 @@ from temporalio import workflow
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.worker import Worker
 
-from events.audit import AuditChain
+from events.audit import (
+    AUDIT_STREAM,
+    REFUSED_SUBJECT_PREFIX,
+    AuditChain,
+    ReviewFields,
+    canonical,
+    digest,
+    run_subject,
+)
 from events.models import ReviewDecision
-from quantum.audit import check, read_records
+from quantum.audit import Keys, check, read_records
+from quantum.audit_keys import audit_verify_keys
 from tests.cli.support import QUANTUM
 from tests.conftest import nats_server
 from tests.workflows.conftest import Harness, status, wait_for, wait_for_gate
@@ -36,7 +46,7 @@ class AuditTrailProbe:
         assert await log.append(AuditEntry(gate="deploy", reviewer=first, approved=True, accepted=True)) is None
         entries = [AuditEntry(gate="deploy", reviewer=r, approved=False, accepted=False, reason="no") for r in rest]
         # started together, as concurrent review handlers would: the log appends them one at a time, in order
-        tasks = [asyncio.ensure_future(log.append(entry, digest="cd" * 32)) for entry in entries]
+        tasks = [asyncio.ensure_future(log.append(entry.model_copy(update={"digest": "cd" * 32}))) for entry in entries]
         await log.drain()
         assert all(t.done() and t.result() is None for t in tasks)
         return log.chain
@@ -133,8 +143,9 @@ async def test_reviews_pending_lists_a_run_at_its_gate_and_not_one_that_ended(
 async def test_a_pipelines_reviews_go_to_the_audit_stream_as_one_intact_chain(
     harness: Harness, nats_url: str, temporal_address: str, tmp_path: Path
 ) -> None:
-    """Through the real gate: a refused review (the requester) and an approval, each appended once, in order. The
-    run keeps its chain's head, so removing the last record (which breaks no link) is still found."""
+    """Through the real gate: two approvals appended once each, in order, to the chain of the run's execution, each
+    signed by the worker's audit key; the refused review (the requester) is not in the chain but in the summary
+    beside it. The run keeps its chain's head, so removing the last record (which breaks no link) is still found."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUANTUM_")}
     env.update(
         QUANTUM_TEMPORAL_ADDRESS=temporal_address,
@@ -143,18 +154,31 @@ async def test_a_pipelines_reviews_go_to_the_audit_stream_as_one_intact_chain(
         COLUMNS="400",
     )
     async with harness.worker():
-        handle = await harness.start_pipeline(environment="prod")
+        policy = {"required_approvals": {"deploy": 2}}
+        handle = await harness.start_pipeline(environment="prod", approval_policy=policy)
         await wait_for_gate(handle, "deploy")
-        await handle.signal("review", ReviewDecision(gate="deploy", reviewer="alice", approved=True))
-        await handle.signal("review", ReviewDecision(gate="deploy", reviewer="bob", approved=True))
+        for reviewer in ("alice", "bob", "carol"):
+            await handle.signal("review", ReviewDecision(gate="deploy", reviewer=reviewer, approved=True))
         await handle.result()
         view = await status(handle)
+        execution = (await handle.describe()).run_id
         nc = await nats.connect(nats_url)
         try:
             stored = await read_records(nc, run_id=handle.id)
-            verdict = check(stored)
+            keys = Keys(audit=audit_verify_keys(harness.settings))
+            verdict = check(stored, keys)
             assert verdict.intact and verdict.records == 2, verdict.problems
+            assert [(c.execution, c.records) for c in verdict.runs] == [(execution, 2)]
             assert (view.audit_records, view.audit_head) == (2, verdict.runs[0].head)
+            assert all(json.loads(r.data)["key_id"] in keys.audit for r in stored)
+            summary = await nc.jetstream().get_last_msg(AUDIT_STREAM, run_subject(handle.id, REFUSED_SUBJECT_PREFIX))
+            refusals = json.loads(summary.data)
+            assert (refusals["gate"], refusals["counts"], refusals["execution"]) == (
+                "deploy",
+                {"requester": 1},
+                execution,
+            )
+            assert [r["reviewer"] for r in refusals["recent"]] == ["alice"] and refusals["sig"]
             intact = await asyncio.to_thread(quantum, env, "audit", "verify", "--pipeline", handle.id)
             assert intact.returncode == 0, intact.stdout + intact.stderr
             assert "all intact" in intact.stdout
@@ -177,7 +201,8 @@ async def test_a_pipelines_reviews_go_to_the_audit_stream_as_one_intact_chain(
             )
     assert cut.returncode == 1, cut.stdout + cut.stderr
     assert "truncated" in cut.stdout and "record 2 missing from the end" in cut.stdout
-    assert [(e.reviewer, e.accepted) for e in view.audit] == [("alice", False), ("bob", True)]
+    assert [(e.reviewer, e.accepted) for e in view.audit] == [("alice", False), ("bob", True), ("carol", True)]
+    assert view.refused_reviews == {"requester": 1}
     assert not any("audit stream" in w for w in view.warnings)
 
 
@@ -185,3 +210,47 @@ def seconds_of(shown: str) -> int:
     """``1h 00m``, ``58m 47s``, ``12s`` as seconds (to the minute for hours)."""
     units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
     return sum(int(part[:-1]) * units[part[-1]] for part in shown.split())
+
+
+async def test_forged_records_and_chains_without_a_run_are_flagged(
+    harness: Harness, nats_url: str, temporal_address: str
+) -> None:
+    """A correctly hashed record appended after a run's last one with a plain NATS client (saying ``frank``
+    approved, authenticated) is flagged twice: no worker signed it, and it lies past the run's own head. A chain
+    for a run that never existed is an orphan, and ``--pipeline`` naming no run and no records fails."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUANTUM_")}
+    env.update(
+        QUANTUM_TEMPORAL_ADDRESS=temporal_address,
+        QUANTUM_NATS_URL=nats_url,
+        QUANTUM_DATA_DIR=str(harness.settings.data_path),
+        COLUMNS="400",
+    )
+    async with harness.worker():
+        handle = await harness.start_pipeline(environment="prod")
+        await wait_for_gate(handle, "deploy")
+        await handle.signal("review", ReviewDecision(gate="deploy", reviewer="bob", approved=True))
+        await handle.result()
+    nc = await nats.connect(nats_url)
+    try:
+        (last,) = await read_records(nc, run_id=handle.id)
+        body = json.loads(last.data)
+        forged = {k: v for k, v in body.items() if k not in ("hash", "sig", "key_id")}
+        forged.update(index=2, prev=body["hash"], reviewer="frank", authenticated=True, identity="ed25519:frank")
+        forged["hash"] = digest(forged)
+        await nc.jetstream().publish(run_subject(handle.id), canonical(forged), timeout=10)
+        ghost = f"pipeline-ghost-{uuid.uuid4()}"
+        chain = AuditChain.start(ghost)
+        record = chain.next_input(ReviewFields.model_validate({**body, "reviewed_at": body["reviewed_at"]})).record()
+        await nc.jetstream().publish(run_subject(ghost), canonical(record), timeout=10)
+    finally:
+        await nc.close()
+
+    one = await asyncio.to_thread(quantum, env, "audit", "verify", "--pipeline", handle.id)
+    assert one.returncode == 1, one.stdout + one.stderr
+    assert "unsigned" in one.stdout and "record 2 is not signed by a worker's audit key" in one.stdout
+    assert "beyond_head" in one.stdout and "records 2 to 2 lie past the run's head" in one.stdout
+    everything = await asyncio.to_thread(quantum, env, "audit", "verify")
+    assert everything.returncode == 1
+    assert "orphan" in everything.stdout and ghost in everything.stdout
+    nobody = await asyncio.to_thread(quantum, env, "audit", "verify", "--pipeline", f"pipeline-nope-{uuid.uuid4()}")
+    assert nobody.returncode == 1 and "no run" in nobody.stderr and "check the id" in nobody.stderr

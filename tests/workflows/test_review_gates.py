@@ -19,10 +19,12 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 
+from events import signing
 from events.models import ApprovalPolicy, ReviewDecision
 from quantum.cli.review import signed
 from quantum.worker import new_replayer, new_worker
 from workflows.models import ReviewVerdict, RunStatusView
+from workflows.reviews import signed_message
 from workflows.saga import Run
 
 from .conftest import Harness, harness_with, wait_for, wait_for_gate
@@ -145,15 +147,20 @@ async def test_signed_reviews_on_the_update_and_the_signal(keyed: Harness) -> No
         handle = await harness.start_pipeline(environment="prod", approval_policy=policy)
         try:
             view = await wait_for_gate(handle, "deploy")
-            digest = view.gate_digests["deploy"]
+            digest, challenge = view.gate_digests["deploy"], view.gate_challenges["deploy"]
+            assert len(challenge) == 48
             now = datetime.now(UTC)
 
             def sign(reviewer: str, key: Ed25519PrivateKey, **fields: Any) -> ReviewDecision:
-                return signed(review(reviewer, digest=digest), handle.id, key, now).model_copy(update=fields)
+                bound = review(reviewer, digest=digest, challenge=challenge)
+                return signed(bound, handle.id, key, now).model_copy(update=fields)
 
-            expired = signed(review("bob", digest=digest), handle.id, BOB, now - timedelta(hours=1))
+            expired = signed(
+                review("bob", digest=digest, challenge=challenge), handle.id, BOB, now - timedelta(hours=1)
+            )
             cases = {
-                "unsigned": review("bob", digest=digest),
+                "unsigned": review("bob", digest=digest, challenge=challenge),
+                "(missing challenge)": signed(review("bob", digest=digest), handle.id, BOB, now),
                 "does not verify": sign("bob", BOB, comment="changed after signing"),
                 "expired": expired,
                 "does not verify with the key of 'bob'": sign("bob", MALLORY),  # the wrong key
@@ -167,8 +174,11 @@ async def test_signed_reviews_on_the_update_and_the_signal(keyed: Harness) -> No
             good = sign("bob", BOB)
             verdict = await update(handle, good)
             assert verdict.identity == "ed25519:bob" and verdict.approvals == ["bob"]
-            assert "a replayed review" in await refused(handle, good)
-            assert "a replayed review" in await signal_refusal(handle, good)
+            assert "already approved" in await refused(handle, good)
+            assert "already approved" in await signal_refusal(handle, good)
+            reuse = review("carol", digest=digest, challenge=challenge, nonce=good.nonce, expires_at=good.expires_at)
+            reuse = reuse.model_copy(update={"signature": signing.sign(CAROL, signed_message(reuse, handle.id))})
+            assert "a replayed review" in await refused(handle, reuse)  # carol's signature, bob's spent nonce
 
             await handle.signal("review", sign("carol", CAROL))
             view = await wait_for(handle, lambda v: v.gates["deploy"] == "approved")
@@ -272,9 +282,10 @@ async def test_content_regenerated_after_a_review_revokes_it(harness: Harness) -
     assert accepted == [("bob", first), ("bob", second)]
 
 
-async def test_a_signed_review_refused_once_cannot_count_later(keyed: Harness) -> None:
-    """Bob's signed approval of the next content, sent early, is refused (stale); its nonce is spent, so when the
-    gate opens on that content the same review is refused as a replay instead of counting."""
+async def test_a_signed_review_counts_only_at_the_gate_opening_it_signed(keyed: Harness) -> None:
+    """Each opening of a gate issues its own challenge: Bob's signed approval of the next content, sent early with
+    this opening's challenge, is refused (stale), and so is it, and Carol's counted approval of the first content,
+    when the gate opens again on the next content."""
     first, second = "1" * 64, "2" * 64
     async with new_worker(
         keyed.client, keyed.agents.activities(), task_queue=keyed.task_queue, workflows=[RegatedProbe]
@@ -282,12 +293,15 @@ async def test_a_signed_review_refused_once_cannot_count_later(keyed: Harness) -
         handle = await keyed.client.start_workflow(
             RegatedProbe.run, [first, second], id=f"regated-{uuid.uuid4()}", task_queue=keyed.task_queue
         )
-        await wait_for(handle, lambda v: v.pending_gate == "deploy" and v.gate_digests.get("deploy") == first)
-        early = signed(review("bob", digest=second), handle.id, BOB, datetime.now(UTC))
+        view = await wait_for(handle, lambda v: v.pending_gate == "deploy" and v.gate_digests.get("deploy") == first)
+        opened = view.gate_challenges["deploy"]
+        early = signed(review("bob", digest=second, challenge=opened), handle.id, BOB, datetime.now(UTC))
         assert "stale" in await signal_refusal(handle, early)
-        assert (await status_of(handle)).audit[-1].identity == "ed25519:bob"  # the signature verified
-        await update(handle, signed(review("carol", digest=first), handle.id, CAROL, datetime.now(UTC)))
-        await wait_for(handle, lambda v: v.pending_gate == "deploy" and v.gate_digests.get("deploy") == second)
-        assert "a replayed review" in await refused(handle, early)
-        assert "a replayed review" in await signal_refusal(handle, early)
+        carol = signed(review("carol", digest=first, challenge=opened), handle.id, CAROL, datetime.now(UTC))
+        await update(handle, carol)
+        view = await wait_for(handle, lambda v: v.pending_gate == "deploy" and v.gate_digests.get("deploy") == second)
+        assert view.gate_challenges["deploy"] != opened
+        for decision in (early, carol.model_copy(update={"digest": second})):
+            assert "an earlier opening" in await refused(handle, decision)
+        assert "an earlier opening" in await signal_refusal(handle, early)
         await handle.terminate("test over")

@@ -276,7 +276,7 @@ async def test_provision_then_destroy_for_real(tmp_path: Path, nats_url: str) ->
     project, rid = f"p{uuid.uuid4().hex[:6]}", run_id()
     specs = [
         ResourceSpec(kind="directory", name="files"),
-        ResourceSpec(kind="stream", name="jobs", subjects=[f"{project}.jobs.>"]),
+        ResourceSpec(kind="stream", name="jobs", subjects=[f"qinfra.{project}.jobs.>"]),
     ]
     plan = await env.run(agent.plan, plan_input(rid, project, "dev", *specs))
     result = await env.run(agent.provision, plan)

@@ -144,6 +144,12 @@ class Reception:
         self._thread = threading.Thread(target=self._run, name="codec-reception", daemon=True)
         self._thread.start()
 
+    @property
+    def held(self) -> int:
+        """How many connections are held now: being read, answered or drained."""
+        with self._lock:
+            return self._held
+
     def admit(self, sock: socket.socket, address: Any) -> bool:
         """Start reading a new connection's request; False when :attr:`ConnectionLimits.max_connections` are held."""
         with self._lock:

@@ -36,10 +36,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
-from dataclasses import dataclass
-from datetime import timedelta
-from enum import StrEnum
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -55,29 +53,33 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from events import signing
+from events.bridge_config import (
+    TRANSIENT,
+    BridgeConfig,
+    DeadLetter,
+    Outcome,
+    RunBusy,
+    TemporalUnavailable,
+    _Failures,
+)
 from events.catalog import INBOUND, CancelRequested, EventType, ReviewSubmitted, inbound_data, workflow_id
 from events.dead_letters import (
-    PARTIAL_HEADER,
-    REASON_HEADER,
-    dead_letter_copy,
+    dead_letter,
     header_value,
     reason_kind,
 )
 from events.envelope import (
-    DLQ_SUBJECT,
-    SUBJECT_PREFIX,
     CloudEvent,
     EventError,
     check_subject,
     parse_envelope,
-    subject_for,
 )
-from events.models import REVIEW_REFUSED
-from events.streams import EVENTS_STREAM
+from events.models import REVIEW_REFUSED, normalise_identity
+
+__all__ = ["Bridge", "BridgeConfig", "DeadLetter", "Outcome", "RunBusy", "TemporalUnavailable"]
 
 log = logging.getLogger(__name__)
-
-_REMEMBERED = 10_000  # messages whose failures the bridge remembers at once; the oldest are forgotten first
 
 EVENTS = Counter("quantum_bridge_events_total", "Inbound events by type and outcome", ["type", "outcome"])
 START_LATENCY = Histogram(
@@ -91,142 +93,74 @@ LAG = Gauge("quantum_bridge_lag_seconds", "Age of the oldest inbound event not y
 PENDING = Gauge("quantum_bridge_pending_events", "Inbound events not yet acknowledged (waiting or in flight)")
 LAG_INTERVAL_SECONDS = 5.0
 FETCH_RETRY_SECONDS = 1.0
-# Temporal answers these when it cannot take the call now; anything else is about the call itself
-TRANSIENT = {
-    RPCStatusCode.UNAVAILABLE,
-    RPCStatusCode.DEADLINE_EXCEEDED,
-    RPCStatusCode.RESOURCE_EXHAUSTED,
-    RPCStatusCode.ABORTED,
-    RPCStatusCode.INTERNAL,
-    RPCStatusCode.UNKNOWN,
-    RPCStatusCode.CANCELLED,
-}
-
-
-class Outcome(StrEnum):
-    """What became of one message."""
-
-    STARTED = "started"
-    DUPLICATE = "duplicate"
-    SIGNALLED = "signalled"
-    CANCELLED = "cancelled"
-    DEAD_LETTERED = "dead_lettered"
-    RETRY = "retry"
-    """Temporal cannot take the call now: retried later, and the bridge backs off."""
-    FAILED = "failed"
-    """This message failed for another reason (or could not be dead-lettered): retried later, nobody backs off."""
-
-
-@dataclass(frozen=True)
-class BridgeConfig:
-    """How the bridge consumes; the application fills it from settings.
-
-    Attributes:
-        task_queue: Where the started workflows run.
-        consumer: The durable consumer's name.
-        batch: Messages fetched (and handled concurrently) at once.
-        max_deliver: Deliveries of one message; the last is kept for dead-lettering it, so at least 2.
-        ack_wait_seconds: How long a delivered message may stay unsettled before it is delivered again.
-        max_event_bytes: Larger events are dead-lettered.
-        retry_delays: Growing delays between deliveries of a message (and of the bridge's back-off).
-        failure_attempts: Deliveries of a message that fail unexpectedly before it is dead-lettered.
-        rpc_timeout_seconds: The limit of each Temporal call.
-        stream: The stream consumed (a benchmark on a shared bus uses one of its own).
-        subject_prefix: What an event's subject is its type's ``<noun>.<verb>`` after (see ``subject_for``).
-        inbound_subjects: The subjects consumed; by default, those of the inbound types after ``subject_prefix``.
-    """
-
-    task_queue: str = "quantum-workflows"
-    consumer: str = "quantum-bridge"
-    batch: int = 64
-    max_deliver: int = 20
-    ack_wait_seconds: float = 30.0
-    max_event_bytes: int = 256 * 1024
-    retry_delays: tuple[float, ...] = (0.5, 1, 2, 4, 8, 15)
-    failure_attempts: int = 3
-    rpc_timeout_seconds: float = 5.0
-    stream: str = EVENTS_STREAM
-    subject_prefix: str = SUBJECT_PREFIX
-    inbound_subjects: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.max_deliver < 2:
-            raise ValueError("max_deliver must be at least 2: the last delivery is kept for dead-lettering")
-        if self.failure_attempts < 1:
-            raise ValueError("failure_attempts must be at least 1")
-        if not self.retry_delays:
-            raise ValueError("retry_delays must name at least one delay")
-        if not self.inbound_subjects:
-            subjects = tuple(subject_for(t, self.subject_prefix) for t in INBOUND)
-            object.__setattr__(self, "inbound_subjects", subjects)
-
-
-class TemporalUnavailable(Exception):
-    """Temporal cannot take the call now; the message is retried later."""
-
-
-class DeadLetter(Exception):
-    """Temporal refused the call for good (no such run, an invalid request): the message is dead-lettered."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class _Failures:
-    """What went wrong with the messages still being retried, by stream sequence; bounded, oldest forgotten first."""
-
-    def __init__(self, size: int = _REMEMBERED) -> None:
-        self._size = size
-        self._seen: OrderedDict[int, tuple[int, str]] = OrderedDict()
-
-    def record(self, sequence: int, error: str, *, unexpected: bool) -> int:
-        """Remember ``error`` as the last of ``sequence``; returns how many unexpected failures it has had."""
-        count, _ = self._seen.pop(sequence, (0, ""))
-        count += int(unexpected)
-        self._seen[sequence] = (count, error)
-        while len(self._seen) > self._size:
-            self._seen.popitem(last=False)
-        return count
-
-    def last_error(self, sequence: int) -> str | None:
-        entry = self._seen.get(sequence)
-        return entry[1] if entry else None
-
-    def forget(self, sequence: int) -> None:
-        self._seen.pop(sequence, None)
 
 
 class Bridge:
     """Consumes ``QUANTUM_EVENTS`` (or the stream its configuration names) with a durable pull consumer and acts on
     each inbound event."""
 
-    def __init__(self, nc: NATS, temporal: Client, config: BridgeConfig | None = None) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        temporal: Client,
+        config: BridgeConfig | None = None,
+        *,
+        reviewer_keys: Mapping[str, bytes] | None = None,
+        max_review_validity_seconds: float = 0.0,
+    ) -> None:
         self.nc = nc
         self.js = nc.jetstream()
         self.temporal = temporal
         self.config = config or BridgeConfig()
+        self.reviewer_keys = (
+            None if reviewer_keys is None else {normalise_identity(k): v for k, v in reviewer_keys.items()}
+        )
+        self.max_review_validity_seconds = max_review_validity_seconds
+        self._review_slots: dict[str, tuple[asyncio.Semaphore, int]] = {}
         self._failures = 0
         self._resume_at = 0.0
         self._message_failures = _Failures()
         self._rpc_timeout = timedelta(seconds=self.config.rpc_timeout_seconds)
 
     async def ensure_consumer(self) -> None:
-        """Create the durable consumer, or bring it up to this configuration."""
+        """Create the durable consumers (requests and reviews), or bring them up to this configuration."""
+        for name, subjects in self.config.lanes().items():
+            await self._ensure(name, subjects)
+
+    async def _ensure(self, name: str, subjects: list[str]) -> None:
         c = self.config
         consumer = ConsumerConfig(
-            durable_name=c.consumer,
+            durable_name=name,
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
-            filter_subjects=list(c.inbound_subjects),
+            filter_subjects=subjects,
             max_deliver=c.max_deliver,
             ack_wait=c.ack_wait_seconds,
             max_ack_pending=max(1000, c.batch * 4),
         )
+        if name == c.review_consumer:
+            await self._start_reviews_where_requests_are(consumer)
         try:
             await self.js.add_consumer(c.stream, consumer)
         except BadRequestError:
             await self.js.add_consumer(c.stream, consumer)  # an update of an existing durable
+
+    async def _start_reviews_where_requests_are(self, consumer: ConsumerConfig) -> None:
+        """A review lane made beside a consumer that took reviews before starts after what that one settled, so no
+        settled review is sent to its run again."""
+        try:
+            await self.js.consumer_info(self.config.stream, self.config.review_consumer)
+            return
+        except NotFoundError:
+            pass
+        try:
+            before = await self.js.consumer_info(self.config.stream, self.config.consumer)
+        except NotFoundError:
+            return
+        floor = int(before.ack_floor.stream_seq or 0) if before.ack_floor else 0
+        if floor:
+            consumer.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+            consumer.opt_start_seq = floor + 1
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Fetch and handle messages until ``stop`` is set (or the task is cancelled).
@@ -238,9 +172,16 @@ class Bridge:
         """
         stop = stop or asyncio.Event()
         await self.ensure_consumer()
-        sub = await self.js.pull_subscribe_bind(durable=self.config.consumer, stream=self.config.stream)
-        log.info("bridge consuming %s as %s", self.config.stream, self.config.consumer)
         watcher = asyncio.create_task(self._watch_lag(stop))
+        try:
+            await asyncio.gather(*(self._consume(name, stop) for name in self.config.lanes()))
+        finally:
+            watcher.cancel()
+
+    async def _consume(self, consumer: str, stop: asyncio.Event) -> None:
+        """One lane: fetch and handle the messages of ``consumer`` until ``stop`` is set."""
+        sub = await self.js.pull_subscribe_bind(durable=consumer, stream=self.config.stream)
+        log.info("bridge consuming %s as %s", self.config.stream, consumer)
         in_hand: set[asyncio.Task[Outcome]] = set()
         clock = asyncio.get_running_loop()
         try:
@@ -269,7 +210,6 @@ class Bridge:
                 task.cancel()
             raise
         finally:
-            watcher.cancel()
             if in_hand:
                 await asyncio.gather(*in_hand, return_exceptions=True)
             await sub.unsubscribe()
@@ -326,20 +266,23 @@ class Bridge:
         Every message at or below the consumer's ack floor is settled, so the first inbound message after it is
         the oldest one not yet acknowledged.
         """
-        info = await self.js.consumer_info(self.config.stream, self.config.consumer)
-        waiting = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
-        if not waiting:
-            return 0.0, 0
-        after = int(info.ack_floor.stream_seq or 0) + 1 if info.ack_floor else 1
         oldest: float | None = None
-        for subject in self.config.inbound_subjects:
-            try:
-                found = await self.js.get_msg(self.config.stream, seq=after, subject=subject, next=True)
-            except NotFoundError:
+        waiting = 0
+        for name, subjects in self.config.lanes().items():
+            info = await self.js.consumer_info(self.config.stream, name)
+            pending = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+            if not pending:
                 continue
-            if found.time is not None:
-                stamp = found.time.timestamp()
-                oldest = stamp if oldest is None else min(oldest, stamp)
+            waiting += pending
+            after = int(info.ack_floor.stream_seq or 0) + 1 if info.ack_floor else 1
+            for subject in subjects:
+                try:
+                    found = await self.js.get_msg(self.config.stream, seq=after, subject=subject, next=True)
+                except NotFoundError:
+                    continue
+                if found.time is not None:
+                    stamp = found.time.timestamp()
+                    oldest = stamp if oldest is None else min(oldest, stamp)
         return (max(0.0, time.time() - oldest) if oldest is not None else 0.0), waiting
 
     async def _watch_lag(self, stop: asyncio.Event) -> None:
@@ -402,6 +345,10 @@ class Bridge:
             self._message_failures.record(sequence, f"TemporalUnavailable: {err}", unexpected=False)
             await msg.nak(delay=self._retry_delay(meta.num_delivered))
             return Outcome.RETRY, event_type
+        except RunBusy as err:
+            self._message_failures.record(sequence, f"RunBusy: {err}", unexpected=False)
+            await msg.nak(delay=self._retry_delay(meta.num_delivered))
+            return Outcome.FAILED, event_type
         except Exception as err:  # a bug or a failure nobody foresaw: this message alone is retried, then refused
             error = f"{type(err).__name__}: {err}"
             failures = self._message_failures.record(sequence, error, unexpected=True)
@@ -457,76 +404,65 @@ class Bridge:
 
     async def _review(self, data: ReviewSubmitted) -> Outcome:
         """Send the review as the ``review`` Update: one the run refuses never reaches its history and goes to the
-        dead letters with the run's reason. A run from before the Update gets the signal (the same rules)."""
-        handle = self._handle_for(data.pipeline_id)
+        dead letters with the run's reason. A run from before the Update gets the signal (the same rules).
+
+        With reviewers' keys configured, a review whose signature no run could accept (unsigned, unknown key, bad
+        signature, expired) is dead-lettered here, without a call to Temporal. At most ``reviews_per_run`` reviews
+        of one run are in flight at once; one the run is too busy to take is retried later, alone."""
         decision = data.decision()
-        try:
-            await handle.execute_update("review", decision, rpc_timeout=self._rpc_timeout)
+        if self.reviewer_keys is not None:
+            problem = signing.signed_review_problem(
+                decision,
+                run_id=data.pipeline_id,
+                keys=self.reviewer_keys,
+                now=datetime.now(UTC),
+                max_validity_seconds=self.max_review_validity_seconds,
+            )
+            if problem:
+                raise DeadLetter(f"{REVIEW_REFUSED}: {problem}")
+        async with self._slot(data.pipeline_id):
+            handle = self._handle_for(data.pipeline_id)
+            try:
+                await handle.execute_update("review", decision, rpc_timeout=self._rpc_timeout)
+                return Outcome.SIGNALLED
+            except WorkflowUpdateFailedError as err:
+                cause = err.cause
+                if isinstance(cause, ApplicationError) and cause.type == REVIEW_REFUSED:
+                    raise DeadLetter(f"{REVIEW_REFUSED}: {cause.message}") from None
+            except RPCError as err:
+                if err.status == RPCStatusCode.RESOURCE_EXHAUSTED:
+                    raise RunBusy(f"{data.pipeline_id[:200]}: {err.message}") from None
+                raise
+            await handle.signal("review", decision, rpc_timeout=self._rpc_timeout)
             return Outcome.SIGNALLED
-        except WorkflowUpdateFailedError as err:
-            cause = err.cause
-            if isinstance(cause, ApplicationError) and cause.type == REVIEW_REFUSED:
-                raise DeadLetter(f"{REVIEW_REFUSED}: {cause.message}") from None
-        await handle.signal("review", decision, rpc_timeout=self._rpc_timeout)
-        return Outcome.SIGNALLED
+
+    @contextlib.asynccontextmanager
+    async def _slot(self, pipeline_id: str) -> AsyncIterator[None]:
+        """One of the ``reviews_per_run`` places of a run's reviews in flight (forgotten when none is used)."""
+        semaphore, users = self._review_slots.get(pipeline_id) or (asyncio.Semaphore(self.config.reviews_per_run), 0)
+        self._review_slots[pipeline_id] = (semaphore, users + 1)
+        try:
+            async with semaphore:
+                yield
+        finally:
+            semaphore, users = self._review_slots[pipeline_id]
+            if users <= 1:
+                del self._review_slots[pipeline_id]
+            else:
+                self._review_slots[pipeline_id] = (semaphore, users - 1)
 
     def _handle_for(self, pipeline_id: str) -> WorkflowHandle[Any, Any]:
         return self.temporal.get_workflow_handle(pipeline_id)
 
     async def _dead_letter(self, msg: Msg, reason: str, *, final: bool = False) -> Outcome:
-        """Publish the dead letter of ``msg`` (whole, or partial when too large), then terminate the message.
-
-        When the DLQ cannot be reached the message is delivered again later; on its ``final`` delivery, when no
-        later delivery will come, the publish is tried a few times before the bridge gives up on it, logging
-        where the original stays.
-        """
-        meta = msg.metadata
-        sequence = meta.sequence.stream
-        try:
-            body, headers = dead_letter_copy(
-                msg.data,
-                subject=msg.subject,
-                stream=meta.stream,
-                sequence=sequence,
-                reason=reason,
-                max_payload=self.nc.max_payload,
-            )
-        except ValueError as err:  # a server that takes messages of a few KiB at most
-            log.error("cannot dead-letter message %s of %s: %s", sequence, meta.stream, err)
-            if not final:
-                await msg.nak(delay=self.config.retry_delays[-1])
-            return Outcome.FAILED
-        attempts = 3 if final else 1
-        for attempt in range(1, attempts + 1):
-            try:
-                await self.js.publish(DLQ_SUBJECT, body, headers=headers, timeout=10)
-                break
-            except Exception as err:  # the DLQ is unreachable: keep the message where it is
-                problem = header_value(f"{type(err).__name__}: {err}")
-                if attempt < attempts:
-                    await asyncio.sleep(self._retry_delay(attempt))
-                    continue
-                if final:
-                    log.error(
-                        "message %s of %s cannot be dead-lettered (%s) and will not be delivered again; "
-                        "it stays in the stream until its max age",
-                        sequence,
-                        meta.stream,
-                        problem,
-                    )
-                    return Outcome.FAILED
-                log.warning("cannot dead-letter message %s (%s); it will be delivered again", sequence, problem)
-                await msg.nak(delay=self.config.retry_delays[-1])
-                return Outcome.FAILED
-        await msg.term()
-        DEAD_LETTERS.labels(reason_kind(reason)).inc()
-        self._message_failures.forget(sequence)
-        log.info(
-            "dead-lettered message %s%s: %s",
-            sequence,
-            " (partially: too large to copy whole)" if PARTIAL_HEADER in headers else "",
-            headers[REASON_HEADER],
+        """Publish the dead letter of ``msg`` and terminate it (see :func:`events.dead_letters.dead_letter`)."""
+        sent = await dead_letter(
+            self.js, msg, reason, final=final, max_payload=self.nc.max_payload, retry_delays=self.config.retry_delays
         )
+        if not sent:
+            return Outcome.FAILED
+        DEAD_LETTERS.labels(reason_kind(reason)).inc()
+        self._message_failures.forget(msg.metadata.sequence.stream)
         return Outcome.DEAD_LETTERED
 
 

@@ -8,8 +8,17 @@ in :data:`ORIGINAL_SEQUENCE_HEADER`. Every header value written is made safe fir
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import re
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from events.envelope import DLQ_SUBJECT
+
+log = logging.getLogger(__name__)
 
 REASON_HEADER = "Quantum-Dlq-Reason"
 ORIGINAL_SUBJECT_HEADER = "Quantum-Original-Subject"
@@ -115,3 +124,61 @@ def dead_letter_copy(
     excerpt = data[: min(EXCERPT_BYTES, room)]
     headers[PARTIAL_HEADER] = f"the body is the first {len(excerpt)} of {len(data)} bytes"
     return excerpt, headers
+
+
+async def dead_letter(
+    js: JetStreamContext,
+    msg: Msg,
+    reason: str,
+    *,
+    final: bool,
+    max_payload: int,
+    retry_delays: tuple[float, ...],
+) -> bool:
+    """Publish the dead letter of ``msg`` (whole, or partial when too large), then terminate the message; whether it
+    was dead-lettered.
+
+    When the DLQ cannot be reached the message is delivered again later; on its ``final`` delivery, when no later
+    delivery will come, the publish is tried a few times before giving up on it, logging where the original stays.
+    """
+    meta = msg.metadata
+    sequence = meta.sequence.stream
+    try:
+        body, headers = dead_letter_copy(
+            msg.data, subject=msg.subject, stream=meta.stream, sequence=sequence, reason=reason, max_payload=max_payload
+        )
+    except ValueError as err:  # a server that takes messages of a few KiB at most
+        log.error("cannot dead-letter message %s of %s: %s", sequence, meta.stream, err)
+        if not final:
+            await msg.nak(delay=retry_delays[-1])
+        return False
+    attempts = 3 if final else 1
+    for attempt in range(1, attempts + 1):
+        try:
+            await js.publish(DLQ_SUBJECT, body, headers=headers, timeout=10)
+            break
+        except Exception as err:  # the DLQ is unreachable: keep the message where it is
+            problem = header_value(f"{type(err).__name__}: {err}")
+            if attempt < attempts:
+                await asyncio.sleep(retry_delays[min(attempt, len(retry_delays)) - 1])
+                continue
+            if final:
+                log.error(
+                    "message %s of %s cannot be dead-lettered (%s) and will not be delivered again; "
+                    "it stays in the stream until its max age",
+                    sequence,
+                    meta.stream,
+                    problem,
+                )
+                return False
+            log.warning("cannot dead-letter message %s (%s); it will be delivered again", sequence, problem)
+            await msg.nak(delay=retry_delays[-1])
+            return False
+    await msg.term()
+    log.info(
+        "dead-lettered message %s%s: %s",
+        sequence,
+        " (partially: too large to copy whole)" if PARTIAL_HEADER in headers else "",
+        headers[REASON_HEADER],
+    )
+    return True

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +27,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from events import ed25519
+from events.models import ReviewDecision, normalise_identity
 
 SIGNED_FIELDS = ("run_id", "gate", "digest", "reviewer", "approved", "comment", "nonce", "expires_at")
 
@@ -104,3 +106,44 @@ def parse_expiry(expires_at: str) -> datetime | None:
     except ValueError:
         return None
     return when if when.tzinfo is not None else None
+
+
+def signed_review_problem(
+    decision: ReviewDecision,
+    *,
+    run_id: str,
+    keys: Mapping[str, bytes],
+    now: datetime,
+    max_validity_seconds: float = 0.0,
+) -> str | None:
+    """What is wrong with ``decision``'s signature whatever the run's state, or None: the checks an edge (the bridge)
+    makes before a review reaches a run. The run checks again, with what only it knows (the gate's challenge and
+    digest, its spent nonces); this only keeps the reviews no run could take away from it."""
+    missing = [n for n in ("signature", "nonce", "expires_at", "challenge") if not getattr(decision, n)]
+    if missing:
+        return f"the review is unsigned: this deployment takes only signed reviews (missing {', '.join(missing)})"
+    key = keys.get(normalise_identity(decision.reviewer))
+    if key is None:
+        return f"no public key is configured for {decision.reviewer!r}"
+    assert decision.expires_at is not None and decision.signature is not None
+    expiry = parse_expiry(decision.expires_at)
+    if expiry is None:
+        return "expires_at is not an ISO 8601 time with a time zone"
+    if now >= expiry:
+        return f"the review expired at {decision.expires_at}"
+    if max_validity_seconds > 0 and (expiry - now).total_seconds() > max_validity_seconds:
+        return f"the review expires more than {max_validity_seconds:.0f} s from now (expires_at too far ahead)"
+    message = canonical(
+        run_id=run_id,
+        gate=decision.gate,
+        digest=decision.digest,
+        reviewer=decision.reviewer,
+        approved=decision.approved,
+        comment=decision.comment,
+        nonce=decision.nonce,
+        expires_at=decision.expires_at,
+        challenge=decision.challenge,
+    )
+    if not verify(key, message, decision.signature, native=True):
+        return f"the signature does not verify with the key of {decision.reviewer!r} (altered, or another key)"
+    return None

@@ -14,6 +14,7 @@ import nats
 from nats.aio.client import Client as NATS
 from temporalio.client import Client
 
+from agents.reviewers import load_public_keys
 from events.bridge import Bridge
 from events.streams import ensure_streams
 from quantum.client import connect
@@ -55,7 +56,14 @@ async def connect_nats(url: str, credentials: str | None = None) -> NATS:
 async def bridge_running(nc: NATS, client: Client, settings: Settings) -> AsyncIterator[Bridge]:
     """Run the inbound bridge in the background; stop it cleanly on exit: no new fetch, the batch in hand finished
     and acknowledged (up to :data:`BRIDGE_DRAIN_SECONDS`, then cancelled: those messages are delivered again)."""
-    bridge = Bridge(nc, client, settings.bridge_config())
+    keys = load_public_keys(settings.reviewer_keys) if settings.reviewer_keys is not None else None
+    bridge = Bridge(
+        nc,
+        client,
+        settings.bridge_config(),
+        reviewer_keys=keys,
+        max_review_validity_seconds=settings.review_max_validity_seconds,
+    )
     stop = asyncio.Event()
     await bridge.ensure_consumer()
     task = asyncio.create_task(bridge.run(stop), name="quantum-bridge")

@@ -218,7 +218,13 @@ async def test_signed_review_events_are_checked_like_any_review(
         async with harness.worker(), bridge_running(bridge):
             handle = await harness.start_pipeline(environment="prod")
             view = await wait_for_gate(handle, "deploy")
-            review = ReviewDecision(gate="deploy", reviewer="bob", approved=True, digest=view.gate_digests["deploy"])
+            review = ReviewDecision(
+                gate="deploy",
+                reviewer="bob",
+                approved=True,
+                digest=view.gate_digests["deploy"],
+                challenge=view.gate_challenges["deploy"],
+            )
             good = signed(review, handle.id, BOB, datetime.now(UTC))
             cases: dict[str, ReviewDecision] = {
                 "unsigned": review,

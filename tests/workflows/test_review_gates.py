@@ -305,3 +305,30 @@ async def test_a_signed_review_counts_only_at_the_gate_opening_it_signed(keyed: 
             assert "an earlier opening" in await refused(handle, decision)
         assert "an earlier opening" in await signal_refusal(handle, early)
         await handle.terminate("test over")
+
+
+async def test_a_two_person_rule_stops_one_key_holder_requesting_under_another_name(
+    client: Client, nats_url: str, tmp_path: Path
+) -> None:
+    """Nothing binds ``requested_by`` to an identity: bob, who holds his key, requests a run as ``dana`` (asking for
+    one approval) and approves it himself. The deployment's quorum floor of two is what stops him shipping alone."""
+    floor = {"deploy": {"required_approvals": 2}}
+    keys = key_folder(tmp_path)
+    async with (
+        harness_with(client, nats_url, tmp_path, reviewer_keys=keys, review_defaults=floor) as harness,
+        harness.worker(),
+    ):
+        handle = await harness.start_pipeline(
+            environment="prod", requested_by="dana", approval_policy={"required_approvals": {"deploy": 1}}
+        )
+        try:
+            view = await wait_for_gate(handle, "deploy")
+            bound = review("bob", digest=view.gate_digests["deploy"], challenge=view.gate_challenges["deploy"])
+            verdict = await update(handle, signed(bound, handle.id, BOB, datetime.now(UTC)))
+            assert verdict.identity == "ed25519:bob"  # the key holder's own approval counts...
+            assert (verdict.gate_state, verdict.required_approvals) == ("pending", 2)  # ...but not alone
+            assert "already approved" in await refused(handle, signed(bound, handle.id, BOB, datetime.now(UTC)))
+            view = await status_of(handle)
+            assert view.gates["deploy"] == "pending" and view.approvals["deploy"] == ["bob"]
+        finally:
+            await handle.terminate("test over")

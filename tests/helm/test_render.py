@@ -208,6 +208,14 @@ def test_production_secrets_come_from_the_named_secrets(production_objects: list
         "quantum-reviewer-keys",
         None,
     )
+    # every worker signs audit records with the one key of the Secret; the bridge writes none
+    assert worker["QUANTUM_AUDIT_SIGNING_KEY"] == "/etc/quantum/audit/audit-signing.pem"
+    assert file_source(production_objects, "worker", worker["QUANTUM_AUDIT_SIGNING_KEY"]) == (
+        "secret",
+        "quantum-audit-signing-key",
+        "audit-signing.pem",
+    )
+    assert "QUANTUM_AUDIT_SIGNING_KEY" not in bridge
 
 
 def test_production_pods_carry_what_the_values_ask(production_objects: list[Manifest]) -> None:

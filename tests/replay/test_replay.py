@@ -13,7 +13,10 @@ flight across those changes still replay (through ``workflow.patched``). The ``*
 runs of the repair loop (recorded against a scripted OpenAI-compatible server), ``codegen-tested`` a code generation
 with tests on, ``pipeline-policy`` a run under the deployment's reviewer groups and gate defaults and
 ``pipeline-expired`` one whose gate expired. ``v5-*`` were recorded before outbound events were published through
-local activities, ``v6-*`` before they rode on the activities a run schedules (``workflows.outbox``).
+local activities, ``v6-*`` before they rode on the activities a run schedules (``workflows.outbox``), ``v7-*`` before
+gates issued challenges, verified signatures with OpenSSL and kept refused reviews out of the audit chain
+(``reviews-challenged``). ``pipeline-signed`` is a run with reviewers' keys: a badly signed review signal refused,
+then an approval signed over the gate's challenge counted by Update.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
 from quantum.worker import new_replayer
-from workflows.patches import CARRIED_EVENTS_PATCH, LATER, LOCAL_EVENTS_PATCH
+from workflows.patches import CARRIED_EVENTS_PATCH, LATER, LOCAL_EVENTS_PATCH, REVIEW_CHALLENGE_PATCH
 
 HISTORIES = Path(__file__).parent / "histories"
 FILES = sorted(HISTORIES.glob("*.json"))
@@ -50,6 +53,8 @@ def test_histories_are_recorded() -> None:
     assert {"pipeline-policy", "pipeline-expired"} <= names
     assert {f"v5-{kind}" for kind in kinds} | {"v5-codegen-succeeded", "v5-pipeline-policy"} <= names
     assert {f"v6-{kind}" for kind in kinds} | {"v6-codegen-succeeded", "v6-pipeline-policy"} <= names
+    assert {f"v7-{kind}" for kind in kinds} | {"v7-codegen-succeeded", "v7-pipeline-policy"} <= names
+    assert "pipeline-signed" in names
 
 
 def workflow_id(path: Path) -> str:
@@ -116,8 +121,16 @@ def test_runs_whose_events_ride_on_their_activities_are_recorded() -> None:
     """Today's runs carry their events on their activities; those recorded before publish each by a local activity
     of its own, and keep doing so on replay."""
     today = {f.stem for f in FILES if not f.stem.startswith("v")}
-    assert today == {f.stem for f in CARRIED_RUNS}
-    assert {"v6-pipeline-succeeded", "v6-codegen-succeeded"} <= {f.stem for f in LOCAL_RUNS} - today
+    carried = {f.stem for f in CARRIED_RUNS}
+    assert today <= carried and {"v7-pipeline-succeeded", "v7-codegen-succeeded"} <= carried
+    assert {"v6-pipeline-succeeded", "v6-codegen-succeeded"} <= {f.stem for f in LOCAL_RUNS} - carried
+
+
+def test_runs_with_gate_challenges_are_recorded() -> None:
+    """Today's runs take the challenge patch; those recorded before judge, record and append as they did."""
+    challenged = {f.stem for f in FILES if any(name == REVIEW_CHALLENGE_PATCH for _, name in markers(f))}
+    today = {f.stem for f in FILES if not f.stem.startswith("v")}
+    assert challenged == today and "pipeline-signed" in challenged
 
 
 @pytest.mark.parametrize("path", LOCAL_RUNS, ids=[f.stem for f in LOCAL_RUNS])

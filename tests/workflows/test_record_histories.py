@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -134,8 +135,8 @@ async def test_record_the_repair_loop(model: tuple[Harness, OpenAIServer]) -> No
 
 
 async def test_record_the_deployments_review_policy(client: Client, nats_url: str, tmp_path: Path) -> None:
-    """Groups and gate defaults from the worker's settings, a gate rule letting the requester review, a signed
-    review refused and then one accepted; and a gate that expires."""
+    """Groups and gate defaults from the worker's settings, a gate rule letting the requester review; and a gate
+    that expires."""
     settings = {
         "reviewer_groups": {"release": ["ann", "bob"]},
         "review_defaults": {"deploy": {"groups": ["release"], "required_approvals": 2}},
@@ -155,3 +156,36 @@ async def test_record_the_deployments_review_policy(client: Client, nats_url: st
         with pytest.raises(WorkflowFailureError):
             await handle.result()
         await save(handle, "pipeline-expired")
+
+
+async def test_record_signed_reviews(client: Client, nats_url: str, tmp_path: Path) -> None:
+    """With reviewers' keys: a review signal signed with another key refused, then bob's approval signed over the
+    gate opening's challenge counted by Update."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from quantum.cli.review import signed
+
+    from .test_review_gates import BOB, MALLORY, key_folder
+
+    async with (
+        harness_with(client, nats_url, tmp_path, reviewer_keys=key_folder(tmp_path)) as harness,
+        harness.worker(),
+    ):
+        handle = await harness.start_pipeline(environment="prod", approval_policy={"reviewers": ["bob"]})
+        view = await wait_for_gate(handle, "deploy")
+        bound = ReviewDecision(
+            gate="deploy",
+            reviewer="bob",
+            approved=True,
+            digest=view.gate_digests["deploy"],
+            challenge=view.gate_challenges["deploy"],
+        )
+
+        def sign(key: Ed25519PrivateKey) -> ReviewDecision:
+            return signed(bound, handle.id, key, datetime.now(UTC))
+
+        await handle.signal("review", sign(MALLORY))
+        await wait_for(handle, lambda v: sum(v.refused_reviews.values()) == 1)
+        await handle.execute_update("review", sign(BOB))
+        await handle.result()
+        await save(handle, "pipeline-signed")

@@ -15,7 +15,7 @@ import nats
 import pytest
 from temporalio.testing import ActivityEnvironment
 
-from events.audit import AuditChain, AuditRecorder, ReviewFields, canonical, run_subject
+from events.audit import AuditChain, AuditRecorder, ReviewFields, canonical, digest, run_subject
 from quantum.audit import check, read_records
 from tests.cli.support import QUANTUM
 
@@ -168,3 +168,70 @@ def test_records_hash_whatever_the_names(name: str) -> None:
     record = chain.next_input(review(1, reviewer=name, comment="c" * 5000)).record()
     assert len(record["comment"]) == 2000 and check([]).intact
     assert len(canonical(record)) < 16 * 1024
+
+
+def test_signatures_tell_the_workers_records_from_anyone_elses() -> None:
+    """A record the workers' key signed verifies; one signed with another key, one carrying a signature copied from
+    another record, one unsigned, and an authenticated record whose reviewer's signature does not verify are named."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from events import signing
+    from events.audit import key_id, public_bytes
+    from events.models import ReviewDecision
+    from quantum.audit import Keys, StoredRecord
+    from workflows.review_rules import signed_message
+
+    worker, other, erin = (Ed25519PrivateKey.generate() for _ in range(3))
+    run_id, execution = f"pipeline-{uuid.uuid4()}", "run-1"
+    decision = ReviewDecision(
+        gate="deploy",
+        reviewer="erin",
+        approved=True,
+        digest="ab" * 32,
+        challenge="c" * 48,
+        nonce="n" * 12,
+        expires_at="2026-12-07T00:10:00+00:00",
+    )
+    decision = decision.model_copy(update={"signature": signing.sign(erin, signed_message(decision, run_id))})
+    fields = review(
+        1,
+        reviewer="erin",
+        comment="",
+        accepted=True,
+        authenticated=True,
+        identity="ed25519:erin",
+        digest=decision.digest,
+        nonce=decision.nonce,
+        challenge=decision.challenge,
+        expires_at=decision.expires_at,
+        signature=decision.signature,
+    )
+    chain = AuditChain.start(run_id, execution)
+    first = chain.next_input(fields).record()
+    chain.index, chain.head = 1, first["hash"]
+    second = chain.next_input(review(2)).record()
+    ours = AuditRecorder("nats://unused", signing_key=worker)
+    theirs = AuditRecorder("nats://unused", signing_key=other)
+    keys = Keys(audit={key_id(public_bytes(worker)): public_bytes(worker)}, reviewers={"erin": public_bytes(erin)})
+
+    def stored(*records: dict[str, Any]) -> list[StoredRecord]:
+        return [StoredRecord(n, run_subject(run_id), canonical(r)) for n, r in enumerate(records, 1)]
+
+    good = [ours._signed(first), ours._signed(second)]
+    assert check(stored(*good), keys).intact
+    copied = {**second, "sig": good[0]["sig"], "key_id": good[0]["key_id"]}
+    lied = {**first, "signature": signing.sign(erin, b"something else")}
+    lied["hash"] = digest(lied)
+    relinked = {**second, "prev": lied["hash"]}
+    relinked["hash"] = digest(relinked)
+    cases = {
+        "names audit key": [good[0], theirs._signed(second)],
+        "worker signature does not verify": [good[0], copied],
+        "is not signed by a worker's audit key": [good[0], second],
+        "reviewer signature does not verify": [ours._signed(lied), ours._signed(relinked)],
+    }
+    for detail, records in cases.items():
+        verdict = check(stored(*records), keys)
+        assert [p.detail for p in verdict.problems if detail in p.detail], (detail, verdict.problems)
+        assert {p.kind for p in verdict.problems} <= {"forged", "unsigned"}, verdict.problems
+    assert check(stored(good[0], second)).intact  # without keys, the signatures are not checked

@@ -260,3 +260,52 @@ async def test_an_approval_captured_in_one_run_never_counts_in_a_later_run_under
     assert verdict.intact, verdict.problems  # two chains, one per execution: no fork
     executions = {first.result_run_id, second.result_run_id}
     assert {(c.execution, c.records) for c in verdict.runs} == {(e, 1) for e in executions}
+
+
+@pytest.mark.timeout(600)
+async def test_a_few_huge_signals_near_the_history_size_limit_stop_the_run_while_it_can_compensate(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Size, not count: signals of 400 kB each (a comment far over its bound, refused) fill the history by bytes."""
+    async with harness.worker():
+        handle = await harness.start_pipeline(environment="prod")
+        await wait_for_gate(handle, "deploy")
+        history = await handle.fetch_history()
+        size = sum(e.ByteSize() for e in history.events)
+        monkeypatch.setattr(reviews, "HISTORY_GUARD_BYTES", size + 1_000_000)
+        huge = ReviewDecision(gate="deploy", reviewer="stranger", approved=True, comment="x" * 400_000)
+        await flood(handle, [huge] * 6, at_once=1, until_closed=True)
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        ended = await status(handle)
+    assert ended.status == "failed" and "near Temporal's limits" in (ended.error or ""), ended.error
+    assert ended.compensations and all(c.outcome == "completed" for c in ended.compensations)
+    assert all(len(e.comment) <= 500 for e in ended.audit)  # what the view keeps of each stays bounded
+
+
+@pytest.mark.timeout(600)
+async def test_concurrent_badly_signed_updates_leave_no_trace_and_the_run_answering(keyed: Harness) -> None:
+    async with keyed.worker():
+        handle = await keyed.start_pipeline(environment="prod", approval_policy=POLICY)
+        try:
+            view = await wait_for_gate(handle, "deploy")
+            before = len(await history_of(handle))
+            results = await asyncio.gather(
+                *(
+                    handle.execute_update("review", forged(view, "bob", handle.id), result_type=ReviewVerdict)
+                    for _ in range(200)
+                ),
+                return_exceptions=True,
+            )
+            refusals = [r for r in results if isinstance(r, WorkflowUpdateFailedError)]
+            busy = [r for r in results if isinstance(r, RPCError)]  # Temporal may turn some away as too many
+            assert len(refusals) + len(busy) == 200 and refusals, results[:3]
+            assert all("does not verify" in str(r.cause) for r in refusals)
+            view = await status(handle)
+            assert view.gates["deploy"] == "pending" and view.audit == [] and view.refused_reviews == {}
+            events = await history_of(handle)
+            kinds = {e.event_type for e in events[before:]}
+            assert EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED not in kinds
+            assert scheduled(events, "audit.append") == 0
+        finally:
+            await handle.terminate("test over")

@@ -12,18 +12,17 @@ bounded:
   refused signal adds only its own event to the history (and the workflow task that delivers it), a refused Update
   nothing at all;
 - the signature is checked last, once per review (a cache in front of the check serves the Update's handler what its
-  validator found), with OpenSSL (about 0.1 ms), and at most :data:`MAX_BAD_SIGNATURES` failed checks per gate
+  validator found), with OpenSSL (about 0.1 ms), and at most a bounded number of failed checks per gate
   opening on the signal path: past that, signed review signals are refused unchecked and the Update (which Temporal
-  lets in ten at a time) is the way in;
-- when the history nears Temporal's limits (:data:`HISTORY_GUARD_EVENTS` events or :data:`HISTORY_GUARD_BYTES`),
-  the gate stops the run while there is room to compensate, instead of the server terminating it without.
+  lets in ten at a time) is the way in (:mod:`workflows.review_guard`);
+- when the history nears Temporal's limits, the gate stops the run while there is room to compensate, instead of
+  the server terminating it without.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 from collections import Counter
 from datetime import timedelta
 from typing import Any
@@ -43,7 +42,6 @@ with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
     from agents.reviewers import ReviewerKeys, ReviewerKeysAgent
-    from events import signing
     from events.audit import RefusalTally
     from events.catalog import ReviewEscalated, ReviewReminder, ReviewRequested
     from events.models import ApprovalPolicy, GateRule, ReviewDecision, normalise_identity
@@ -59,6 +57,7 @@ with workflow.unsafe.imports_passed_through():
         ReviewVerdict,
         clip,
     )
+    from workflows.review_guard import ReviewGuard
     from workflows.review_rules import (
         REFUSED,
         UNAUTHENTICATED,
@@ -95,13 +94,6 @@ __all__ = [
 
 REMINDER_AT = 0.5
 ESCALATION_AT = 0.8
-MAX_BAD_SIGNATURES = 64
-"""Failed signature checks per gate opening on the signal path; past it, signed review signals are not checked."""
-MAX_VERIFIED = 256
-"""Signature checks remembered (so the Update's handler does not check again what its validator checked)."""
-HISTORY_GUARD_EVENTS = 40_000
-HISTORY_GUARD_BYTES = 40 * 1024 * 1024
-"""Where a gate stops a flooded run: below Temporal's 51,200 events and 50 MB, with room to compensate."""
 AUDIT_MEMO = "quantum-audit"
 """The memo key where a run with gate challenges keeps its chain's head: records, head, execution."""
 RECENT_REFUSALS = 10
@@ -131,11 +123,9 @@ class Gates:
         """The run's hash chain on ``QUANTUM_AUDIT``: every accepted review is appended to it, in order."""
         self._appends: list[asyncio.Task[None]] = []
         self._openings: Counter[str] = Counter()
-        self._bad_signatures: Counter[str] = Counter()
-        self._verified: dict[str, bool] = {}
+        self.guard = ReviewGuard()
         self._spent_elsewhere: frozenset[str] | None = None
         self._tallies: dict[tuple[str, int], RefusalTally] = {}
-        self.flooded = False
         self._memo: tuple[int, str] | None = None
 
     def begin(self) -> None:
@@ -175,20 +165,9 @@ class Gates:
             rule=self.rule(gate),
             challenge=self.view.gate_challenges.get(gate),
             max_validity_seconds=self.max_validity_seconds,
-            may_verify=not signal or self._bad_signatures[gate] < MAX_BAD_SIGNATURES,
-            verify=self._verify if self.challenged else None,
+            may_verify=not signal or self.guard.may_verify(gate),
+            verify=self.guard.verify if self.challenged else None,
         )
-
-    def _verify(self, key: bytes, message: bytes, signature: str) -> bool:
-        """:func:`events.signing.verify` with OpenSSL, each (key, message, signature) checked once."""
-        seen = hashlib.sha256(key + b"\x00" + message + b"\x00" + signature.encode("utf-8", "replace")).hexdigest()
-        known = self._verified.get(seen)
-        if known is None:
-            known = signing.verify(key, message, signature, native=True)
-            if len(self._verified) >= MAX_VERIFIED:
-                self._verified.clear()
-            self._verified[seen] = known
-        return known
 
     def judge(self, decision: ReviewDecision, *, signal: bool = False) -> Judgement:
         """The judgement of ``decision`` by the rules this run follows."""
@@ -205,11 +184,11 @@ class Gates:
         """Apply a review (the signal, and the Update's handler): count it, or refuse it with the reason. Returns
         the reason of a refusal."""
         if signal and self.challenged:
-            self._watch_history()
+            self.guard.watch_history()
         judgement = self.judge(decision, signal=signal)
         reason, gate = judgement.reason, decision.gate
         if reason is not None and judgement.verified:
-            self._bad_signatures[gate] += 1
+            self.guard.failed_check(gate)
         if reason is not None and self.challenged:
             self._refused(decision, reason)
             return reason
@@ -252,14 +231,6 @@ class Gates:
             required_approvals=self.rule(gate).required_approvals,
             identity=self.view.audit[-1].identity,
         )
-
-    def _watch_history(self) -> None:
-        """Note when the history nears Temporal's limits; the gate waiting stops the run while it can compensate."""
-        info = workflow.info()
-        if info.get_current_history_length() >= HISTORY_GUARD_EVENTS or (
-            info.get_current_history_size() >= HISTORY_GUARD_BYTES
-        ):
-            self.flooded = True
 
     def _entry(self, decision: ReviewDecision, reason: str | None, who: str) -> AuditEntry:
         limit = MAX_REFUSED_COMMENT_CHARS if reason is not None else len(decision.comment)
@@ -369,7 +340,7 @@ class Gates:
         }
 
     def _decided(self, gate: str) -> bool:
-        return self.view.gates[gate] != "pending" or self.flooded
+        return self.view.gates[gate] != "pending" or self.guard.flooded
 
     async def _wait_with_reminders(self, gate: str, timeout: float) -> None:
         """Wait for the gate's decision: a reminder at half its timeout, the escalation at 80 %, then expiry
@@ -421,7 +392,7 @@ class Gates:
                 self.run.warn(f"gate {gate!r}: approvals of {previous[:12]}… cleared, it now asks about {digest[:12]}…")
         if self.challenged:
             self._openings[gate] += 1
-            self._bad_signatures[gate] = 0
+            self.guard.opened(gate)
             view.gate_challenges[gate] = gate_challenge(
                 view.pipeline_id, workflow.info().run_id, gate, self._openings[gate], view.gate_digests.get(gate)
             )
@@ -479,7 +450,7 @@ class Gates:
             view.pending_gate = None
             if view.status == "awaiting_review":
                 view.status = "running"
-        if self.flooded and view.gates[gate] == "pending":
+        if self.guard.flooded and view.gates[gate] == "pending":
             self._stop_flooded(gate, stage)
         state: GateState = view.gates[gate]
         metrics.gate_decided(gate, state, (workflow.now() - opened).total_seconds())
@@ -493,13 +464,6 @@ class Gates:
 
     def _stop_flooded(self, gate: str, stage: str) -> None:
         """Stop a run whose history nears Temporal's limits while its gate waits (a flood of review signals)."""
-        info = workflow.info()
-        refused = sum(self.view.refused_reviews.values())
         metrics.gate_decided(gate, "flooded", 0.0)
         self.view.stages[stage] = "failed"
-        raise RunStopped(
-            "failed",
-            f"gate {gate!r} stopped the run: its history reached {info.get_current_history_length()} events "
-            f"({info.get_current_history_size()} bytes) with {refused} refused reviews, near Temporal's limits; "
-            "it stops while it can still compensate",
-        )
+        raise RunStopped("failed", ReviewGuard.why_stopped(gate, sum(self.view.refused_reviews.values())))

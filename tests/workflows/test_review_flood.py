@@ -36,9 +36,10 @@ from events.models import PipelineRequest, ReviewDecision
 from quantum.audit import Keys, check, read_records
 from quantum.audit_keys import audit_verify_keys
 from quantum.cli.review import signed
-from workflows import reviews
+from workflows import review_guard
 from workflows.models import PipelineResult, ReviewVerdict, RunStatusView
-from workflows.reviews import MAX_BAD_SIGNATURES, signed_message
+from workflows.review_guard import MAX_BAD_SIGNATURES
+from workflows.reviews import signed_message
 
 from .conftest import HTTP_PROMPT, Harness, harness_with, status, wait_for, wait_for_gate
 
@@ -163,7 +164,7 @@ async def test_a_flood_near_the_history_limit_stops_the_run_while_it_can_compens
         handle = await harness.start_pipeline(environment="prod")
         view = await wait_for_gate(handle, "deploy")
         length = len(await history_of(handle))
-        monkeypatch.setattr(reviews, "HISTORY_GUARD_EVENTS", length + 200)
+        monkeypatch.setattr(review_guard, "HISTORY_GUARD_EVENTS", length + 200)
         noise = [ReviewDecision(gate="deploy", reviewer=f"stranger-{n}", approved=True) for n in range(300)]
         await flood(handle, [d.model_copy(update={"digest": "0" * 64}) for d in noise], until_closed=True)
         with pytest.raises(WorkflowFailureError):
@@ -272,7 +273,7 @@ async def test_a_few_huge_signals_near_the_history_size_limit_stop_the_run_while
         await wait_for_gate(handle, "deploy")
         history = await handle.fetch_history()
         size = sum(e.ByteSize() for e in history.events)
-        monkeypatch.setattr(reviews, "HISTORY_GUARD_BYTES", size + 1_000_000)
+        monkeypatch.setattr(review_guard, "HISTORY_GUARD_BYTES", size + 1_000_000)
         huge = ReviewDecision(gate="deploy", reviewer="stranger", approved=True, comment="x" * 400_000)
         await flood(handle, [huge] * 6, at_once=1, until_closed=True)
         with pytest.raises(WorkflowFailureError):

@@ -61,6 +61,21 @@ def canonical(
     return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+def review_message(decision: ReviewDecision, run_id: str) -> bytes:
+    """The bytes a reviewer signs: ``decision``'s canonical form for ``run_id`` (with its challenge, when given)."""
+    return canonical(
+        run_id=run_id,
+        gate=decision.gate,
+        digest=decision.digest,
+        reviewer=decision.reviewer,
+        approved=decision.approved,
+        comment=decision.comment,
+        nonce=decision.nonce,
+        expires_at=decision.expires_at,
+        challenge=decision.challenge,
+    )
+
+
 def sign(private_key: Ed25519PrivateKey, message: bytes) -> str:
     """The signature of ``message``, base64."""
     return base64.b64encode(private_key.sign(message)).decode("ascii")
@@ -133,17 +148,6 @@ def signed_review_problem(
         return f"the review expired at {decision.expires_at}"
     if max_validity_seconds > 0 and (expiry - now).total_seconds() > max_validity_seconds:
         return f"the review expires more than {max_validity_seconds:.0f} s from now (expires_at too far ahead)"
-    message = canonical(
-        run_id=run_id,
-        gate=decision.gate,
-        digest=decision.digest,
-        reviewer=decision.reviewer,
-        approved=decision.approved,
-        comment=decision.comment,
-        nonce=decision.nonce,
-        expires_at=decision.expires_at,
-        challenge=decision.challenge,
-    )
-    if not verify(key, message, decision.signature, native=True):
+    if not verify(key, review_message(decision, run_id), decision.signature, native=True):
         return f"the signature does not verify with the key of {decision.reviewer!r} (altered, or another key)"
     return None

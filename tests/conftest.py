@@ -60,20 +60,25 @@ def nats_server(store: Path) -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("nats-server did not start") from None
-                time.sleep(0.05)
+        wait_listening(proc, port, "nats-server")
         url = f"nats://127.0.0.1:{port}"
         asyncio.run(_ensure_streams(url))
         yield url
     finally:
         terminate(proc)
+
+
+def wait_listening(proc: subprocess.Popen[bytes], port: int, what: str, timeout: float = 20) -> None:
+    """Wait until ``proc`` accepts connections on ``port`` of loopback; a :class:`RuntimeError` if it exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start") from None
+            time.sleep(0.05)
 
 
 def terminate(proc: subprocess.Popen[bytes], grace: float = 10) -> None:

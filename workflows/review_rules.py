@@ -199,17 +199,7 @@ class ReviewContext:
 
 def signed_message(decision: ReviewDecision, run_id: str) -> bytes:
     """The bytes a reviewer signs: the review's canonical form for ``run_id`` (with its challenge, when given)."""
-    return signing.canonical(
-        challenge=decision.challenge,
-        run_id=run_id,
-        gate=decision.gate,
-        digest=decision.digest,
-        reviewer=decision.reviewer,
-        approved=decision.approved,
-        comment=decision.comment,
-        nonce=decision.nonce,
-        expires_at=decision.expires_at,
-    )
+    return signing.review_message(decision, run_id)
 
 
 def _authentication_problem(decision: ReviewDecision, ctx: ReviewContext) -> str | None:

@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -27,7 +25,7 @@ from temporalio.testing import ActivityEnvironment
 from events.audit import AUDIT_STREAM, AuditChain, AuditRecorder, ReviewFields, canonical, run_subject
 from events.streams import ensure_streams
 from quantum.audit import check, read_records
-from tests.conftest import free_port, terminate
+from tests.conftest import free_port, terminate, wait_listening
 
 PERMISSIONS = Path(__file__).parents[2] / "docs" / "nats" / "permissions.conf"
 ROLES = ("service", "client", "auditor")
@@ -52,17 +50,7 @@ def secured(tmp_path: Path) -> Iterator[dict[str, str]]:
         stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"nats-server did not start: {proc.stderr.read() if proc.stderr else ''}"
-                    ) from None
-                time.sleep(0.05)
+        wait_listening(proc, port, "nats-server with the documented permissions")
         yield {role: f"nats://{role}:{passwords[role]}@127.0.0.1:{port}" for role in ROLES}
     finally:
         terminate(proc)

@@ -16,7 +16,7 @@ from events.envelope import new_event
 from events.publisher import EventPublisher, PublishEventInput
 from events.streams import EVENTS_STREAM
 
-from ..workflows.conftest import harness_with, status, wait_for_gate
+from ..workflows.conftest import gate_review, harness_with, status, wait_for_gate
 from .conftest import (
     Harness,
     RecordingBridge,
@@ -218,13 +218,7 @@ async def test_signed_review_events_are_checked_like_any_review(
         async with harness.worker(), bridge_running(bridge):
             handle = await harness.start_pipeline(environment="prod")
             view = await wait_for_gate(handle, "deploy")
-            review = ReviewDecision(
-                gate="deploy",
-                reviewer="bob",
-                approved=True,
-                digest=view.gate_digests["deploy"],
-                challenge=view.gate_challenges["deploy"],
-            )
+            review = gate_review(view, "bob")
             good = signed(review, handle.id, BOB, datetime.now(UTC))
             cases: dict[str, ReviewDecision] = {
                 "unsigned": review,

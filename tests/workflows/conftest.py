@@ -20,7 +20,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from agents.infra import project_dir, stream_name
-from events.models import PipelineRequest
+from events.models import PipelineRequest, ReviewDecision
 from quantum.settings import Settings
 from quantum.worker import Agents, activity_name, build_agents, new_worker
 from tests.agents.openai_server import OpenAIServer, Reply
@@ -106,6 +106,12 @@ async def wait_for(
 
 async def wait_for_gate(handle: WorkflowHandle[Any, Any], gate: str) -> RunStatusView:
     return await wait_for(handle, lambda v: v.pending_gate == gate)
+
+
+def gate_review(view: RunStatusView, reviewer: str, *, gate: str = "deploy", **fields: Any) -> ReviewDecision:
+    """An approval of ``gate`` bound to what it asks about now: its digest and its opening's challenge (unsigned)."""
+    bound = {"digest": view.gate_digests[gate], "challenge": view.gate_challenges[gate]}
+    return ReviewDecision.model_validate({"gate": gate, "reviewer": reviewer, "approved": True, **bound, **fields})
 
 
 @asynccontextmanager

@@ -79,6 +79,15 @@ async def test_a_run_appends_its_reviews_as_one_chain(client: Client, nats_url: 
     assert [r.records for r in verdict.runs] == [3] and verdict.runs[0].head == chain.head
 
 
+def cli_env(temporal_address: str, nats_url: str, data: Path) -> dict[str, str]:
+    """The environment of a ``quantum`` command against the test's servers and data directory."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUANTUM_")}
+    env.update(
+        QUANTUM_TEMPORAL_ADDRESS=temporal_address, QUANTUM_NATS_URL=nats_url, QUANTUM_DATA_DIR=str(data), COLUMNS="400"
+    )
+    return env
+
+
 def quantum(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(QUANTUM), *args], env=env, capture_output=True, text=True, timeout=120)
 
@@ -91,13 +100,7 @@ def pending(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 async def test_reviews_pending_lists_a_run_at_its_gate_and_not_one_that_ended(
     harness: Harness, temporal_address: str
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QUANTUM_")}
-    env.update(
-        QUANTUM_TEMPORAL_ADDRESS=temporal_address,
-        QUANTUM_NATS_URL=harness.settings.nats_url,
-        QUANTUM_DATA_DIR=str(harness.settings.data_path),
-        COLUMNS="400",
-    )
+    env = cli_env(temporal_address, harness.settings.nats_url, harness.settings.data_path)
     async with harness.worker():
         waiting = await harness.start_pipeline(
             environment="prod", approval_policy={"timeout_seconds": {"deploy": 3600}, "reviewers": ["erin"]}
@@ -146,13 +149,7 @@ async def test_a_pipelines_reviews_go_to_the_audit_stream_as_one_intact_chain(
     """Through the real gate: two approvals appended once each, in order, to the chain of the run's execution, each
     signed by the worker's audit key; the refused review (the requester) is not in the chain but in the summary
     beside it. The run keeps its chain's head, so removing the last record (which breaks no link) is still found."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QUANTUM_")}
-    env.update(
-        QUANTUM_TEMPORAL_ADDRESS=temporal_address,
-        QUANTUM_NATS_URL=nats_url,
-        QUANTUM_DATA_DIR=str(harness.settings.data_path),
-        COLUMNS="400",
-    )
+    env = cli_env(temporal_address, nats_url, harness.settings.data_path)
     async with harness.worker():
         policy = {"required_approvals": {"deploy": 2}}
         handle = await harness.start_pipeline(environment="prod", approval_policy=policy)
@@ -218,13 +215,7 @@ async def test_forged_records_and_chains_without_a_run_are_flagged(
     """A correctly hashed record appended after a run's last one with a plain NATS client (saying ``frank``
     approved, authenticated) is flagged twice: no worker signed it, and it lies past the run's own head. A chain
     for a run that never existed is an orphan, and ``--pipeline`` naming no run and no records fails."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QUANTUM_")}
-    env.update(
-        QUANTUM_TEMPORAL_ADDRESS=temporal_address,
-        QUANTUM_NATS_URL=nats_url,
-        QUANTUM_DATA_DIR=str(harness.settings.data_path),
-        COLUMNS="400",
-    )
+    env = cli_env(temporal_address, nats_url, harness.settings.data_path)
     async with harness.worker():
         handle = await harness.start_pipeline(environment="prod")
         await wait_for_gate(handle, "deploy")

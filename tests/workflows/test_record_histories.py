@@ -15,7 +15,7 @@ from temporalio.client import Client, WorkflowFailureError
 from events.models import ReviewDecision
 from tests.agents.openai_server import OpenAIServer
 
-from .conftest import Harness, failing, files, harness_with, wait_for, wait_for_gate
+from .conftest import Harness, failing, files, gate_review, harness_with, wait_for, wait_for_gate
 from .test_repair import PROMPT, RIGHT, WRONG, suite
 
 pytestmark = pytest.mark.skipif(
@@ -173,13 +173,7 @@ async def test_record_signed_reviews(client: Client, nats_url: str, tmp_path: Pa
     ):
         handle = await harness.start_pipeline(environment="prod", approval_policy={"reviewers": ["bob"]})
         view = await wait_for_gate(handle, "deploy")
-        bound = ReviewDecision(
-            gate="deploy",
-            reviewer="bob",
-            approved=True,
-            digest=view.gate_digests["deploy"],
-            challenge=view.gate_challenges["deploy"],
-        )
+        bound = gate_review(view, "bob")
 
         def sign(key: Ed25519PrivateKey) -> ReviewDecision:
             return signed(bound, handle.id, key, datetime.now(UTC))

@@ -41,7 +41,7 @@ from workflows.models import PipelineResult, ReviewVerdict, RunStatusView
 from workflows.review_guard import MAX_BAD_SIGNATURES
 from workflows.reviews import signed_message
 
-from .conftest import HTTP_PROMPT, Harness, harness_with, status, wait_for, wait_for_gate
+from .conftest import HTTP_PROMPT, Harness, gate_review, harness_with, status, wait_for, wait_for_gate
 
 pytestmark = pytest.mark.workflow
 
@@ -66,12 +66,9 @@ async def keyed(client: Client, nats_url: str, tmp_path: Path) -> AsyncIterator[
 
 def forged(view: RunStatusView, reviewer: str, run_id: str) -> ReviewDecision:
     """A review naming ``reviewer``, the gate's digest and challenge, well-formed but signed with Mallory's key."""
-    decision = ReviewDecision(
-        gate="deploy",
-        reviewer=reviewer,
-        approved=True,
-        digest=view.gate_digests["deploy"],
-        challenge=view.gate_challenges["deploy"],
+    decision = gate_review(
+        view,
+        reviewer,
         nonce=secrets.token_urlsafe(18),
         expires_at=(datetime.now(UTC) + timedelta(minutes=10)).isoformat(),
     )
@@ -79,14 +76,7 @@ def forged(view: RunStatusView, reviewer: str, run_id: str) -> ReviewDecision:
 
 
 def bound(view: RunStatusView, reviewer: str, key: Ed25519PrivateKey, run_id: str) -> ReviewDecision:
-    decision = ReviewDecision(
-        gate="deploy",
-        reviewer=reviewer,
-        approved=True,
-        digest=view.gate_digests["deploy"],
-        challenge=view.gate_challenges["deploy"],
-    )
-    return signed(decision, run_id, key, datetime.now(UTC))
+    return signed(gate_review(view, reviewer), run_id, key, datetime.now(UTC))
 
 
 async def history_of(handle: WorkflowHandle[Any, Any]) -> list[Any]:
@@ -221,15 +211,7 @@ async def test_an_approval_captured_in_one_run_never_counts_in_a_later_run_under
             now = await wait_for(second, lambda v: sum(v.refused_reviews.values()) == 1)
             assert now.refused_reviews == {"stale": 1} and now.gates["deploy"] == "pending"
             # bob signs anew for this run but reuses the nonce the first run spent: refused as a replay
-            reused = ReviewDecision(
-                gate="deploy",
-                reviewer="bob",
-                approved=True,
-                digest=again.gate_digests["deploy"],
-                challenge=again.gate_challenges["deploy"],
-                nonce=captured.nonce,
-                expires_at=captured.expires_at,
-            )
+            reused = gate_review(again, "bob", nonce=captured.nonce, expires_at=captured.expires_at)
             reused = reused.model_copy(update={"signature": signing.sign(BOB, signed_message(reused, workflow_id))})
             with pytest.raises(WorkflowUpdateFailedError) as replay:
                 await second.execute_update("review", reused, result_type=ReviewVerdict)

@@ -27,7 +27,7 @@ from workflows.models import ReviewVerdict, RunStatusView
 from workflows.reviews import signed_message
 from workflows.saga import Run
 
-from .conftest import Harness, harness_with, wait_for, wait_for_gate
+from .conftest import Harness, gate_review, harness_with, wait_for, wait_for_gate
 from .conftest import status as status_of
 
 pytestmark = pytest.mark.workflow
@@ -323,7 +323,7 @@ async def test_a_two_person_rule_stops_one_key_holder_requesting_under_another_n
         )
         try:
             view = await wait_for_gate(handle, "deploy")
-            bound = review("bob", digest=view.gate_digests["deploy"], challenge=view.gate_challenges["deploy"])
+            bound = gate_review(view, "bob")
             verdict = await update(handle, signed(bound, handle.id, BOB, datetime.now(UTC)))
             assert verdict.identity == "ed25519:bob"  # the key holder's own approval counts...
             assert (verdict.gate_state, verdict.required_approvals) == ("pending", 2)  # ...but not alone

@@ -667,6 +667,7 @@ async def exposure(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Ex
                 approved=True,
                 comment=f"plan ok {planted.holder.decode()}",
                 digest=view.gate_digests["infra"],
+                challenge=view.gate_challenges["infra"],
             )
             review = signed(decision, run_id, reviewer, dt.datetime.now(dt.UTC))
             await publish(

@@ -268,7 +268,8 @@ REVIEW_BRIEF: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
 
 def reviewer_brief(view: RunStatusView) -> Table:
     """What a reviewer needs at a glance: test results, security findings, the infra plan and the digests, each
-    named even when the run has not produced it yet (``—``); then the digest each gate asks about, if any."""
+    named even when the run has not produced it yet (``—``); then the digest each gate asks about and the challenge a
+    signed review of it signs, if any."""
     table = Table(title=Text("for the reviewer"), title_justify="left", show_header=False)
     table.add_column("section", style="bold")
     table.add_column("what")
@@ -278,8 +279,9 @@ def reviewer_brief(view: RunStatusView) -> Table:
             value = view.outputs.get(key)
             shown = plain(value) if value is not None else Text("—", style="dim")
             table.add_row(section if number == 0 else "", label, shown)
-    gate_digests = getattr(view, "gate_digests", None)  # what each gate asks about, where the run says it
-    if isinstance(gate_digests, dict):
-        for number, (gate, digest) in enumerate(sorted(gate_digests.items())):
-            table.add_row("gate digests" if number == 0 else "", plain(gate, one_line=True), plain(digest))
+    for section, field in (("gate digests", "gate_digests"), ("gate challenges", "gate_challenges")):
+        named = getattr(view, field, None)  # what each gate asks about and what a signed review signs
+        if isinstance(named, dict):
+            for number, (gate, value) in enumerate(sorted(named.items())):
+                table.add_row(section if number == 0 else "", plain(gate, one_line=True), plain(value))
     return table

@@ -130,6 +130,7 @@ async def test_reviews_pending_lists_a_run_at_its_gate_and_not_one_that_ended(
         for what in ("for the reviewer", "line coverage %", "mutation score", "infra plan", "new since the last"):
             assert what in shown.stdout, shown.stdout
         assert str(view.outputs["release"]) in shown.stdout and str(view.outputs["coverage"]) in shown.stdout
+        assert "gate challenges" in shown.stdout and view.gate_challenges["deploy"] in shown.stdout
         assert "mallory" in shown.stdout and "not a reviewer allowed by the approval policy" in shown.stdout
         quiet = await asyncio.to_thread(quantum, env, "pipeline", "show", waiting.id, "--no-reviews")
         assert quiet.returncode == 0 and "mallory" not in quiet.stdout

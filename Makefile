@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint up eval system-deps clean checkov
+.PHONY: demo test test-fast lint up eval system-deps clean checkov
 
 # The product alone for the demo; the test and lint tools on top for `make test` and `make lint`. uv installs them
 # in seconds (pip took over half a minute from its cache); pip does it where uv cannot be had.
@@ -57,6 +57,11 @@ $(CHECKOV_VENV)/bin/checkov:
 
 test: $(VENV)/.dev system-deps $(CHECKOV_VENV)/bin/checkov
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The tests that need no server (all but those marked `server` at collection: tests/support/tiers.py), on every
+# core with pytest-xdist; the few that must not run side by side take turns (ONE_WORKER there).
+test-fast: $(VENV)/.dev system-deps $(CHECKOV_VENV)/bin/checkov
+	$(BIN)/python -m pytest -m "not server" -n auto --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

@@ -9,13 +9,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
 import pytest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
+
+from tests.support import tiers
 
 BIN = Path(sys.executable).parent
 
@@ -107,6 +109,39 @@ async def _ensure_streams(url: str) -> None:
         await ensure_streams(nc.jetstream())
     finally:
         await nc.close()
+
+
+# --- tiers: `server` for the tests that need a real server, `fast` for the rest (tests/support/tiers.py) ---------
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    tiers.install_guard()
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the markers
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each test gets ``server`` when it uses (or starts) a real server, ``fast`` otherwise; none is marked by hand.
+    Tests that may not run beside one another on parallel workers get the ``xdist_group`` of their group."""
+    for item in items:
+        item.add_marker(pytest.mark.server if tiers.is_server(item) else pytest.mark.fast)
+        if group := tiers.xdist_group(item):
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, object, object]:
+    """A fast test is checked for servers it starts; a test of a group waits for the others of its group."""
+    with tiers.running(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    tiers.failed_for_a_server(item, report)
+    return report
 
 
 _exit_status = 0

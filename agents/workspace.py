@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import stat
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -80,11 +81,15 @@ class Workspaces:
         path = self.for_run(run_id)
         path.mkdir(parents=True, exist_ok=True)
         owner = path / OWNER_FILE
-        if owner.is_file() and not owner.is_symlink():
-            if owner.read_text() != run_id:
-                raise failure(UNSAFE_ARTIFACT, f"workspace {path.name} belongs to another run")
-        else:
-            owner.write_text(run_id)
+        if owner.is_symlink() or not owner.is_file() or not owner.read_text():
+            # written whole under another name, then renamed into place: a worker killed while claiming leaves no
+            # empty owner file that would refuse the run's own retry (one left by a worker from before is claimed)
+            fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{OWNER_FILE}.")
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(run_id)
+            os.replace(tmp, owner)
+        if owner.read_text() != run_id:
+            raise failure(UNSAFE_ARTIFACT, f"workspace {path.name} belongs to another run")
         return path
 
     def owned_by(self, run_id: str) -> bool:

@@ -37,7 +37,7 @@ from agents.sandbox import Sandbox
 from agents.security import SecurityAgent
 from agents.sre import SREAgent
 from agents.testgen import TestgenAgent
-from agents.workspace import Workspaces, read_untrusted, run_dir_name
+from agents.workspace import OWNER_FILE, Workspaces, read_untrusted, run_dir_name
 from events.publisher import event_id
 
 env = ActivityEnvironment()
@@ -411,3 +411,25 @@ async def test_a_release_dies_with_its_owner_and_the_next_one_starts_it_again(
         assert (await env.run(successor.verify, deployment)).release_matches  # same URL, same release
     finally:
         successor.stop_all()
+
+
+def test_a_claim_cut_short_by_a_killed_worker_does_not_refuse_the_runs_retry(tmp_path: Path) -> None:
+    """A worker killed while it wrote a workspace's owner file left it empty, and the run's retry on another worker
+    was refused as another run's (seen in the scale-out test). The owner file is now written whole and renamed; an
+    empty one is claimed by the run it is named for, another run's is still refused, and a link is replaced, never
+    followed."""
+    workspaces = Workspaces(tmp_path / "ws")
+    run_id = "codegen-cut-short"
+    path = workspaces.for_run(run_id)
+    path.mkdir(parents=True)
+    (path / OWNER_FILE).write_text("")  # what a claim cut short left
+    assert workspaces.claim(run_id) == path and workspaces.owned_by(run_id)
+    with pytest.raises(ApplicationError, match="belongs to another run"):
+        (path / OWNER_FILE).write_text("codegen-someone-else")
+        workspaces.claim(run_id)
+    outside = tmp_path / "outside"
+    outside.write_text("untouched")
+    (path / OWNER_FILE).unlink()
+    (path / OWNER_FILE).symlink_to(outside)
+    assert workspaces.claim(run_id) == path and workspaces.owned_by(run_id)
+    assert outside.read_text() == "untouched" and not (path / OWNER_FILE).is_symlink()

@@ -123,6 +123,37 @@ def parse_expiry(expires_at: str) -> datetime | None:
     return when if when.tzinfo is not None else None
 
 
+SIGNED_REVIEW_FIELDS = ("signature", "nonce", "expires_at", "challenge")
+"""What a signed review of a run with gate challenges carries beside the decision."""
+
+
+def unsigned_problem(decision: ReviewDecision) -> str | None:
+    """Which of a signed review's fields ``decision`` lacks, as a refusal, or None."""
+    missing = [name for name in SIGNED_REVIEW_FIELDS if not getattr(decision, name)]
+    if missing:
+        return f"the review is unsigned: this deployment takes only signed reviews (missing {', '.join(missing)})"
+    return None
+
+
+def expiry_problem(expires_at: str, now: datetime | None, max_validity_seconds: float = 0.0) -> str | None:
+    """Why ``expires_at`` is not acceptable at ``now`` (unreadable, past, or further ahead than
+    ``max_validity_seconds``; 0: no bound), or None. ``now`` None: only whether it is readable."""
+    expiry = parse_expiry(expires_at)
+    if expiry is None:
+        return "expires_at is not an ISO 8601 time with a time zone"
+    if now is None:
+        return None
+    if now >= expiry:
+        return f"the review expired at {expires_at}"
+    ahead = (expiry - now).total_seconds()
+    if max_validity_seconds > 0 and ahead > max_validity_seconds:
+        return (
+            f"the review expires {ahead:.0f} s from now, over the {max_validity_seconds:.0f} s a signed review may be "
+            "valid for (expires_at too far ahead)"
+        )
+    return None
+
+
 def signed_review_problem(
     decision: ReviewDecision,
     *,
@@ -134,20 +165,16 @@ def signed_review_problem(
     """What is wrong with ``decision``'s signature whatever the run's state, or None: the checks an edge (the bridge)
     makes before a review reaches a run. The run checks again, with what only it knows (the gate's challenge and
     digest, its spent nonces); this only keeps the reviews no run could take away from it."""
-    missing = [n for n in ("signature", "nonce", "expires_at", "challenge") if not getattr(decision, n)]
-    if missing:
-        return f"the review is unsigned: this deployment takes only signed reviews (missing {', '.join(missing)})"
+    problem = unsigned_problem(decision)
+    if problem:
+        return problem
     key = keys.get(normalise_identity(decision.reviewer))
     if key is None:
         return f"no public key is configured for {decision.reviewer!r}"
     assert decision.expires_at is not None and decision.signature is not None
-    expiry = parse_expiry(decision.expires_at)
-    if expiry is None:
-        return "expires_at is not an ISO 8601 time with a time zone"
-    if now >= expiry:
-        return f"the review expired at {decision.expires_at}"
-    if max_validity_seconds > 0 and (expiry - now).total_seconds() > max_validity_seconds:
-        return f"the review expires more than {max_validity_seconds:.0f} s from now (expires_at too far ahead)"
+    problem = expiry_problem(decision.expires_at, now, max_validity_seconds)
+    if problem:
+        return problem
     if not verify(key, review_message(decision, run_id), decision.signature, native=True):
         return f"the signature does not verify with the key of {decision.reviewer!r} (altered, or another key)"
     return None

@@ -348,9 +348,9 @@ def _policy_problem(decision: ReviewDecision, ctx: ReviewContext) -> str | None:
 
 def _signed_fields_problem(decision: ReviewDecision, ctx: ReviewContext) -> str | None:
     """The checks of a signed review that cost nothing: every signed field there, bound to this opening, in time."""
-    missing = [n for n in ("signature", "nonce", "expires_at", "challenge") if not getattr(decision, n)]
-    if missing:
-        return f"the review is unsigned: this deployment takes only signed reviews (missing {', '.join(missing)})"
+    problem = signing.unsigned_problem(decision)
+    if problem:
+        return problem
     if ctx.digest and decision.digest is None:
         return f"a signed review must name the digest of what gate {decision.gate!r} asks about"
     if decision.challenge != ctx.challenge:
@@ -360,18 +360,9 @@ def _signed_fields_problem(decision: ReviewDecision, ctx: ReviewContext) -> str 
             f"issued {issued}: a review of another run or of an earlier opening (stale)"
         )
     assert decision.expires_at is not None
-    expiry = signing.parse_expiry(decision.expires_at)
-    if expiry is None:
-        return "expires_at is not an ISO 8601 time with a time zone"
-    if ctx.now is not None and ctx.now >= expiry:
-        return f"the review expired at {decision.expires_at}"
-    if ctx.now is not None and ctx.max_validity_seconds > 0:
-        ahead = (expiry - ctx.now).total_seconds()
-        if ahead > ctx.max_validity_seconds:
-            return (
-                f"the review expires {ahead:.0f} s after the gate's clock, over the {ctx.max_validity_seconds:.0f} s "
-                "a signed review may be valid for (expires_at too far ahead)"
-            )
+    problem = signing.expiry_problem(decision.expires_at, ctx.now, ctx.max_validity_seconds)
+    if problem:
+        return problem
     if decision.nonce in ctx.used_nonces:
         return "the nonce was already used: a replayed review"
     return None
